@@ -91,7 +91,7 @@ def _heads(shapes: dict[str, torch.Size], key: str) -> int:
     return inner // HEAD_DIM
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: one object per loaded file, usable as a weak-dict key
 class LoadedAdapter:
     """One adapter file in memory: spec, model and the FaceID LoRA tensors it ships (if any)."""
 
