@@ -201,9 +201,9 @@ def project_embeds(model: IPAdapterModel, embeds: ImageEmbeds, *, shortcut_scale
     embeds.check(spec)
     uncond = embeds.uncond or negative_features(spec, embeds, encode)
 
-    def run(features):
-        return project(model, clip=features.get("clip"), face=features.get("face"), shortcut_scale=shortcut_scale)
-
-    with torch.inference_mode():
-        return run(embeds.cond), run(uncond)
+    n = embeds.count
+    both = {k: torch.cat([embeds.cond[k], uncond[k].to(embeds.cond[k])]) for k in embeds.cond}
+    with torch.inference_mode():  # one pass for positives and negatives
+        tokens = project(model, clip=both.get("clip"), face=both.get("face"), shortcut_scale=shortcut_scale)
+    return tokens[:n], tokens[n:]
 

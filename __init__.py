@@ -1,0 +1,25 @@
+"""IPAdapter Kit: IP-Adapter image prompts for ComfyUI (Ye et al. 2023).
+
+One registration table; importing the pack registers the `ipadapter` model folder and nothing else.
+"""
+
+from .nodes import apply, embeds, image, loaders
+from .nodes._comfy import register_folders
+
+# (permanent node id, class, display name)
+NODES = (
+    ("IPAKitModelLoader", loaders.ModelLoader, "IPAdapter Model Loader (IPAKit)"),
+    ("IPAKitUnifiedLoader", loaders.UnifiedLoader, "IPAdapter Unified Loader (IPAKit)"),
+    ("IPAKitApply", apply.Apply, "Apply IPAdapter (IPAKit)"),
+    ("IPAKitApplyEmbeds", apply.ApplyEmbeds, "Apply IPAdapter Embeds (IPAKit)"),
+    ("IPAKitEncode", embeds.Encode, "IPAdapter Encode (IPAKit)"),
+    ("IPAKitCombineEmbeds", embeds.CombineEmbeds, "IPAdapter Combine Embeds (IPAKit)"),
+    ("IPAKitSaveEmbeds", embeds.SaveEmbeds, "IPAdapter Save Embeds (IPAKit)"),
+    ("IPAKitLoadEmbeds", embeds.LoadEmbeds, "IPAdapter Load Embeds (IPAKit)"),
+    ("IPAKitPrepImage", image.PrepImage, "Prep Image For CLIP Vision (IPAKit)"),
+)
+
+NODE_CLASS_MAPPINGS = {node_id: cls for node_id, cls, _ in NODES}
+NODE_DISPLAY_NAME_MAPPINGS = {node_id: name for node_id, _, name in NODES}
+
+register_folders()

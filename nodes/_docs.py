@@ -1,0 +1,107 @@
+"""Widget definitions shared by several nodes, each with its tooltip (one place, so they never drift)."""
+
+from __future__ import annotations
+
+from ..ipadapter_core import COMBINE_METHODS, EMBEDS_SCALING, WEIGHT_TYPES, Topology, parse_block_weights
+
+ADAPTER = "IPAKIT_ADAPTER"
+EMBEDS = "IPAKIT_EMBEDS"
+INSIGHTFACE = "IPAKIT_INSIGHTFACE"
+CATEGORY = "ipadapter_kit"
+
+MODEL = ("MODEL", {"tooltip": "The diffusion model to add the image prompt to. It is cloned; the input model is not changed."})
+IPADAPTER = (ADAPTER, {"tooltip": "The IP-Adapter, from the Model Loader or the Unified Loader."})
+IMAGE = ("IMAGE", {"tooltip": "Reference image(s). Several images (a batch) are merged as combine_embeds says."})
+WEIGHT = (
+    "FLOAT",
+    {
+        "default": 1.0,
+        "min": -1.0,
+        "max": 5.0,
+        "step": 0.05,
+        "tooltip": "Strength of the image prompt. 0 leaves the model exactly as it was, 1 is the strength the adapter "
+        "was trained at, higher values override the text more, negative values push away from the image.",
+    },
+)
+WEIGHT_TYPE = (
+    list(WEIGHT_TYPES),
+    {
+        "default": "linear",
+        "tooltip": "How the weight is spread over the UNet layers. linear: the same everywhere. ease in / ease out / "
+        "ease in-out / reverse in-out: ramps over the layers. weak input/output/middle, strong middle: 0.2x on those "
+        "blocks. style transfer / composition: only the layers that carry style or layout (InstantStyle). strong style "
+        "transfer: every layer but layout. style and composition: both at once. The precise types also push the other "
+        "feature away through the negative prompt.",
+    },
+)
+COMBINE = (
+    list(COMBINE_METHODS),
+    {
+        "default": "concat",
+        "tooltip": "How several reference images are merged. concat: all their tokens in one attention (the model blends "
+        "them); add; subtract (first minus the mean of the rest); average; norm average (average of directions, keeps "
+        "the average strength); max; min.",
+    },
+)
+START_AT = (
+    "FLOAT",
+    {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": "Fraction of sampling after which the image prompt starts (0 = from the first step)."},
+)
+END_AT = (
+    "FLOAT",
+    {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": "Fraction of sampling after which the image prompt stops (1 = until the last step)."},
+)
+EMBEDS_SCALING_INPUT = (
+    list(EMBEDS_SCALING),
+    {
+        "default": "V only",
+        "tooltip": "Where the weight acts inside attention. V only: scales the image attention output (the reference "
+        "method). K+V: also sharpens where the image is attended. K+V w/ C penalty: the same, weaker on wide layers. "
+        "K+mean(V) w/ C penalty: scales the shared part of the image and keeps its details.",
+    },
+)
+CLIP_VISION = ("CLIP_VISION", {"tooltip": "CLIP vision encoder matching the adapter (ViT-H for most). Not needed when the adapter came from the Unified Loader."})
+IMAGE_NEGATIVE = ("IMAGE", {"tooltip": "Optional image to steer away from: it replaces the empty image the negative (CFG) pass otherwise sees."})
+ATTN_MASK = (
+    "MASK",
+    {"tooltip": "Optional mask of where the image prompt acts (white) and where not (black). One mask for all images, or one per reference image (with concat) to put each image in its own region."},
+)
+BLOCK_WEIGHTS = (
+    "STRING",
+    {
+        "default": "",
+        "multiline": True,
+        "tooltip": "Optional per-block weights, multiplied with weight and weight_type. Either the diffusers/InstantStyle "
+        'dict, e.g. {"up": {"block_0": [0.0, 1.0, 0.0]}} (SDXL style only; blocks not named get 0), or layer:weight '
+        "pairs on transformer indices (SD1.5 0-15, SDXL 0-10), e.g. 3:1.0, 6:0.5. Empty: no block weights.",
+    },
+)
+WEIGHT_FACEIDV2 = (
+    "FLOAT",
+    {
+        "default": 1.0,
+        "min": -1.0,
+        "max": 5.0,
+        "step": 0.05,
+        "tooltip": "FaceID Plus v2 only: how much of the face structure (from the CLIP view of the face) is added to the "
+        "identity. 1 is the reference default; other adapters ignore it.",
+    },
+)
+
+
+def apply_optional() -> dict:
+    return {"clip_vision": CLIP_VISION, "image_negative": IMAGE_NEGATIVE, "attn_mask": ATTN_MASK, "block_weights": BLOCK_WEIGHTS}
+
+
+def validate_block_weights(block_weights) -> bool | str:
+    """Queue-time check of block_weights (the layer count is known only at run time: accept what fits SD1.5 or SDXL)."""
+    if block_weights is None or not str(block_weights).strip():
+        return True
+    errors = []
+    for topo in (Topology.sd15(), Topology.sdxl()):
+        try:
+            parse_block_weights(str(block_weights), topo)
+            return True
+        except ValueError as e:
+            errors.append(str(e))
+    return "; ".join(dict.fromkeys(errors))

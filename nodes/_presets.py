@@ -1,0 +1,69 @@
+"""Unified-loader presets and tolerant file-name matching.
+
+Names are compared after lower-casing and dropping every separator, so `ip-adapter_sd15`,
+`IP_Adapter-SD15.safetensors` and `sd15/ip.adapter.sd15.bin` all match. A file belongs to the longest
+known name it contains, so `ip-adapter_sd15_light_v11` is a light adapter, not a standard one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# preset -> (SD1.5 names, SDXL names, CLIP vision encoder); the first name that matches a file wins
+PRESETS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
+    "light - SD1.5 only (low strength)": (("ip-adapter_sd15_light_v11", "ip-adapter_sd15_light"), (), "ViT-H-14"),
+    "standard (medium strength)": (("ip-adapter_sd15",), ("ip-adapter_sdxl_vit-h",), "ViT-H-14"),
+    "vit-g (medium strength)": (("ip-adapter_sd15_vit-G",), ("ip-adapter_sdxl",), "ViT-bigG-14"),
+    "plus (high strength)": (("ip-adapter-plus_sd15",), ("ip-adapter-plus_sdxl_vit-h",), "ViT-H-14"),
+    "plus face (portraits)": (("ip-adapter-plus-face_sd15",), ("ip-adapter-plus-face_sdxl_vit-h",), "ViT-H-14"),
+    "full face - SD1.5 only (portraits stronger)": (("ip-adapter-full-face_sd15",), (), "ViT-H-14"),
+    "composition": (("ip_plus_composition_sd15", "ip-adapter_plus_composition_sd15"), ("ip_plus_composition_sdxl", "ip-adapter_plus_composition_sdxl"), "ViT-H-14"),
+}
+
+# names of the CLIP vision files per encoder (published names and common renames)
+CLIP_NAMES: dict[str, tuple[str, ...]] = {
+    "ViT-H-14": ("CLIP-ViT-H-14-laion2B-s32B-b79K", "clip_vision_h", "ViT-H-14", "clip-vit-h", "image_encoder_sd15", "sd15_model"),
+    "ViT-bigG-14": ("CLIP-ViT-bigG-14-laion2B-39B-b160k", "clip_vision_g", "clip_vision_bigg", "ViT-bigG-14", "clip-vit-bigg", "image_encoder_sdxl", "sdxl_model"),
+    "ViT-L-14-336": ("clip-vit-large-patch14-336", "clip_vision_l_336", "ViT-L-14-336"),
+}
+
+_EXTENSIONS = re.compile(r"\.(safetensors|sft|bin|pth|pt|ckpt)$", re.IGNORECASE)
+
+
+def normalize(name: str) -> str:
+    base = _EXTENSIONS.sub("", name.replace("\\", "/").rsplit("/", 1)[-1])
+    return re.sub(r"[^a-z0-9]", "", base.lower())
+
+
+@dataclass(frozen=True)
+class Match:
+    file: str | None
+    accepted: tuple[str, ...]
+
+
+def pick(files: list[str], wanted: tuple[str, ...], universe: list[str]) -> Match:
+    """The first file (in `wanted` order) whose best-matching known name is one of `wanted`."""
+    known = sorted({normalize(n) for n in universe}, key=len, reverse=True)
+    owner = {}
+    for f in files:
+        nf = normalize(f)
+        best = next((k for k in known if k in nf), None)
+        if best is not None:
+            owner.setdefault(best, []).append(f)
+    for name in wanted:
+        hits = owner.get(normalize(name))
+        if hits:
+            exact = [h for h in hits if normalize(h) == normalize(name)]
+            return Match((exact or sorted(hits))[0], tuple(wanted))
+    return Match(None, tuple(wanted))
+
+
+def pick_adapter(files: list[str], preset: str, family: str) -> Match:
+    sd15, sdxl, _ = PRESETS[preset]
+    universe = [n for a, b, _ in PRESETS.values() for n in a + b]
+    return pick(files, sd15 if family == "sd15" else sdxl, universe)
+
+
+def pick_clip(files: list[str], encoder: str) -> Match:
+    return pick(files, CLIP_NAMES[encoder], [n for names in CLIP_NAMES.values() for n in names])

@@ -1,0 +1,106 @@
+"""Loader nodes: an adapter file, or a preset that finds the adapter and its CLIP vision model."""
+
+from __future__ import annotations
+
+from ..ipadapter_core.checkpoint import OVERRIDES
+from . import _comfy, _docs, _presets
+from ._pipeline import AdapterBundle
+
+
+class ModelLoader:
+    DESCRIPTION = (
+        "Loads an IP-Adapter file (.safetensors or .bin) from models/ipadapter and detects which adapter it is from its "
+        "tensors. A file is loaded once and shared by every node that uses it."
+    )
+    CATEGORY = f"{_docs.CATEGORY}/loaders"
+    RETURN_TYPES = (_docs.ADAPTER,)
+    RETURN_NAMES = ("ipadapter",)
+    OUTPUT_TOOLTIPS = ("The loaded adapter; connect it to an Apply or Encode node.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "ipadapter_file": (
+                    _comfy.file_list(_comfy.IPADAPTER),
+                    {"tooltip": "An IP-Adapter file from models/ipadapter (or an `ipadapter:` folder of extra_model_paths.yaml)."},
+                ),
+            },
+            "optional": {
+                "variant_override": (
+                    ["auto", *OVERRIDES],
+                    {
+                        "default": "auto",
+                        "tooltip": "Only for layouts that look identical: FaceID Plus v1 vs v2 (faceid_plus / faceid_plus_v2) "
+                        "and portrait normed vs unnorm face embeddings. auto decides from the file name.",
+                    },
+                ),
+            },
+        }
+
+    def load(self, ipadapter_file, variant_override="auto"):
+        path = _comfy.resolve(_comfy.IPADAPTER, ipadapter_file)
+        override = None if variant_override in (None, "auto") else variant_override
+        return (AdapterBundle(_comfy.load_adapter_cached(path, override)),)
+
+
+class UnifiedLoader:
+    DESCRIPTION = (
+        "Picks the adapter file for a preset and the model's family (SD1.5 or SDXL) from models/ipadapter, and the CLIP "
+        "vision model it needs from models/clip_vision, by tolerant file-name matching (case, '-', '_' and '.' do not "
+        "matter; subfolders are searched). The adapter it returns carries the CLIP vision model, so Apply needs no "
+        "clip_vision input."
+    )
+    CATEGORY = f"{_docs.CATEGORY}/loaders"
+    RETURN_TYPES = ("MODEL", _docs.ADAPTER, "CLIP_VISION")
+    RETURN_NAMES = ("model", "ipadapter", "clip_vision")
+    OUTPUT_TOOLTIPS = (
+        "The input model, unchanged (FaceID presets return it with the FaceID LoRA applied).",
+        "The adapter, carrying its CLIP vision model.",
+        "The CLIP vision model the adapter needs (for Encode or other nodes).",
+    )
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The model the adapter is for; its family (SD1.5 or SDXL) picks the file."}),
+                "preset": (list(_presets.PRESETS), {"default": "standard (medium strength)", "tooltip": "Which adapter to use."}),
+            }
+        }
+
+    def load(self, model, preset):
+        family = _family(model)
+        files = _comfy.file_list(_comfy.IPADAPTER)
+        match = _presets.pick_adapter(files, preset, family)
+        if match.file is None:
+            raise FileNotFoundError(_not_found("IP-Adapter", preset, family, match, _comfy.IPADAPTER))
+        bundle = AdapterBundle(_comfy.load_adapter_cached(_comfy.resolve(_comfy.IPADAPTER, match.file)))
+        encoder = bundle.spec.clip_encoder or _presets.PRESETS[preset][2]
+        clip_match = _presets.pick_clip(_comfy.file_list("clip_vision"), encoder)
+        if clip_match.file is None:
+            raise FileNotFoundError(_not_found(f"CLIP vision ({encoder})", preset, family, clip_match, "clip_vision"))
+        clip_vision = _comfy.load_clip_vision_cached(_comfy.resolve("clip_vision", clip_match.file))
+        _comfy.check_clip(bundle.spec, clip_vision, bundle.name)
+        return (model, AdapterBundle(bundle.adapter, clip_vision=clip_vision), clip_vision)
+
+
+def _family(model) -> str:
+    topo = _comfy.topology(model)
+    if len(topo.layers) == 16:
+        return "sd15"
+    if len(topo.layers) == 70:
+        return "sdxl"
+    raise ValueError(f"the Unified Loader knows SD1.5 and SDXL models; this one is {_comfy.model_name(topo)}. Use the Model Loader.")
+
+
+def _not_found(what: str, preset: str, family: str, match: _presets.Match, kind: str) -> str:
+    if not match.accepted:
+        return f"the preset '{preset}' has no {family.upper()} version; pick another preset or an SD1.5 model"
+    return (
+        f"no {what} file for the preset '{preset}' ({family.upper()}). Accepted names (any case, '-'/'_'/'.' interchangeable, "
+        f"any subfolder, .safetensors or .bin): {', '.join(match.accepted)}. Searched: {'; '.join(_comfy.folders(kind)) or 'no folders'}. "
+        f"Files there: {', '.join(_comfy.file_list(kind)[:12]) or 'none'}."
+    )

@@ -1,0 +1,178 @@
+"""Parity of the ComfyUI nodes with diffusers: ComfyUI's real UNet patched by our nodes vs diffusers' UNet with
+diffusers' own IP-Adapter, loaded from the same file, with the same (converted) UNet weights.
+
+SD1.5 uses the full-architecture random checkpoint; SDXL a reduced-channel checkpoint with the real
+70-layer cross-attention layout. Noise predictions must agree to 1e-4 (float32, CPU).
+"""
+
+from __future__ import annotations
+
+import json
+
+import diffusers.utils.import_utils  # noqa: F401  (decide torchvision availability before the host's stand-in is on sys.path)
+import pytest
+import torch
+import transformers.utils.import_utils  # noqa: F401
+
+import _host
+from _reference import set_scale
+
+TOL = 1e-4
+
+SD15_DIFFUSERS = dict(
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+)
+SDXL_SMALL_DIFFUSERS = dict(
+    block_out_channels=(320, 320, 320),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 5, 5),
+    use_linear_projection=True,
+    cross_attention_dim=2048,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+)
+SDXL_SMALL_WIDTHS = (320,) * 70
+ADAPTERS = {
+    "sd15": {"base": ("sd15", {}), "plus": ("plus_sd15", {}), "full-face": ("full-face_sd15", {})},
+    "sdxl": {
+        "base": ("sdxl_vit-h", {"widths": SDXL_SMALL_WIDTHS}),
+        "plus": ("plus_sdxl_vit-h", {"widths": SDXL_SMALL_WIDTHS}),
+        "full-face": ("full-face_sd15", {"widths": SDXL_SMALL_WIDTHS, "cross_dim": 2048}),
+    },
+}
+
+
+class Family:
+    """One loaded ComfyUI model with its diffusers twin."""
+
+    def __init__(self, comfy, name):
+        import comfy.utils as cu
+        from diffusers import UNet2DConditionModel
+
+        self.comfy, self.name = comfy, name
+        ckpt = _host.SD15_CHECKPOINT if name == "sd15" else _host.SDXL_SMALL_CHECKPOINT
+        self.model = comfy.outputs("CheckpointLoaderSimple", ckpt_name=ckpt)[0]
+        unet = self.model.model.diffusion_model
+        mapping = cu.unet_to_diffusers(self.model.model.model_config.unet_config)
+        state = unet.state_dict()
+        with torch.device("meta"):
+            self.diffusers = UNet2DConditionModel(**(SD15_DIFFUSERS if name == "sd15" else SDXL_SMALL_DIFFUSERS))
+        self.diffusers.requires_grad_(False)  # the ComfyUI tensors are inference tensors; share them, do not copy
+        # ComfyUI names SDXL's added-condition MLP like a class embedding; diffusers calls it add_embedding
+        converted = {d.replace("class_embedding.", "add_embedding.") if name == "sdxl" else d: state[c] for d, c in mapping.items() if c in state}
+        self.diffusers.load_state_dict(converted, strict=True, assign=True)
+        self.diffusers.eval()
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(2, 4, 8, 8, generator=g)
+        self.t = torch.tensor([500.0, 500.0])
+        self.context = torch.randn(2, 7, unet.input_blocks[1][1].transformer_blocks[0].attn2.to_k.in_features if name == "sd15" else 2048, generator=g)
+        self.extra = {}
+        if name == "sdxl":
+            text, time_ids = torch.randn(2, 1280, generator=g), torch.tensor([[512.0, 512, 0, 0, 512, 512]] * 2)
+            self.extra = dict(text_embeds=text, time_ids=time_ids)
+            with torch.no_grad():
+                t_emb = self.diffusers.add_time_proj(time_ids.flatten()).reshape(2, -1)
+            self.y = torch.cat([text, t_emb], dim=-1)
+
+    def adapter_path(self, kind):
+        variant, kw = ADAPTERS[self.name][kind]
+        return _host.ensure_ipadapter(variant, _host.MODELS_DIR, subdir=None if self.name == "sd15" else "ipakit-sdxl-small", **kw)
+
+    def comfy_eps(self, patched, rows=(1, 0)):
+        options = dict(patched.model_options["transformer_options"])
+        options["cond_or_uncond"] = list(rows)
+        options["sigmas"] = torch.tensor([1.0])
+        kwargs = {"y": self.y} if self.name == "sdxl" else {}
+        with torch.inference_mode():
+            return patched.model.diffusion_model(self.x, timesteps=self.t, context=self.context, transformer_options=options, **kwargs).float()
+
+    def diffusers_eps(self, path, embeds, scale=0.8, masks=None, block_scale=None):
+        import ipadapter_core as core
+
+        raw = core.read_checkpoint(path)
+        sd = {
+            "image_proj": {k: v.float() for k, v in raw.image_proj.items()},
+            "ip_adapter": {k: v.float() for k, v in raw.ip_adapter.items() if "_lora." not in k},
+        }
+        with torch.inference_mode():
+            self.diffusers._load_ip_adapter_weights([sd], low_cpu_mem_usage=False)
+            set_scale(self.diffusers, block_scale if block_scale is not None else scale)
+            emb = torch.stack([embeds.uncond["clip"], embeds.cond["clip"]]).float()  # [negative, positive]
+            kwargs = {"added_cond_kwargs": dict(self.extra, image_embeds=[emb])}
+            if masks is not None:
+                kwargs["cross_attention_kwargs"] = {"ip_adapter_masks": [masks[None]]}
+            return self.diffusers(self.x, self.t, encoder_hidden_states=self.context, **kwargs).sample
+
+
+@pytest.fixture(scope="module", params=["sd15", "sdxl"])
+def family(request, comfy, models_dir):
+    fam = Family(comfy, request.param)
+    yield fam
+    del fam
+    _host.free_memory()
+
+
+@pytest.fixture(scope="module")
+def clip_vision(comfy, models_dir):
+    return comfy.outputs("CLIPVisionLoader", clip_name=_host.VIT_H)[0]
+
+
+def image(seed=0, size=224):
+    return torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def apply_embeds(comfy, model, adapter, embeds, **kw):
+    args = dict(weight=0.8, weight_type="linear", combine_embeds="concat", start_at=0.0, end_at=1.0, embeds_scaling="V only")
+    args.update(kw)
+    return comfy.outputs("IPAKitApplyEmbeds", model=model, ipadapter=adapter, embeds=embeds, **args)[0]
+
+
+@pytest.mark.parametrize("kind", ["base", "plus", "full-face"])
+def test_noise_prediction_matches_diffusers(comfy, family, clip_vision, kind):
+    path = family.adapter_path(kind)
+    adapter = comfy.outputs("IPAKitModelLoader", ipadapter_file=str(path.relative_to(_host.MODELS_DIR / "ipadapter")))[0]
+    embeds = comfy.outputs("IPAKitEncode", ipadapter=adapter, image=image(1), clip_vision=clip_vision)[0]
+    patched = apply_embeds(comfy, family.model, adapter, embeds)
+    replace = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+    assert len(replace) == (16 if family.name == "sd15" else 70)  # every cross-attention layer, middle block included
+    got = family.comfy_eps(patched)
+    expected = family.diffusers_eps(path, embeds)
+    plain = family.comfy_eps(family.model)
+    assert (got - expected).abs().max() <= TOL
+    assert (got - plain).abs().max() > 1e-2
+
+
+def test_mask_with_two_images_in_two_regions(comfy, family, clip_vision):
+    path = family.adapter_path("plus")
+    adapter = comfy.outputs("IPAKitModelLoader", ipadapter_file=str(path.relative_to(_host.MODELS_DIR / "ipadapter")))[0]
+    embeds = comfy.outputs("IPAKitEncode", ipadapter=adapter, image=torch.cat([image(2), image(3)]), clip_vision=clip_vision)[0]
+    masks = torch.zeros(2, 64, 64)
+    masks[0, :, :32] = 1
+    masks[1, :, 32:] = 1
+    patched = apply_embeds(comfy, family.model, adapter, embeds, attn_mask=masks)
+    got = family.comfy_eps(patched)
+    expected = family.diffusers_eps(path, embeds, masks=masks)
+    assert (got - expected).abs().max() <= TOL
+
+
+BLOCKS = {"sd15": {"down": {"block_2": [0.0, 1.0]}, "up": {"block_1": [0.0, 1.0, 0.0]}}, "sdxl": {"up": {"block_0": [0.0, 1.0, 0.0]}}}
+
+
+def test_instantstyle_block_weights(comfy, family, clip_vision):
+    path = family.adapter_path("plus")
+    adapter = comfy.outputs("IPAKitModelLoader", ipadapter_file=str(path.relative_to(_host.MODELS_DIR / "ipadapter")))[0]
+    embeds = comfy.outputs("IPAKitEncode", ipadapter=adapter, image=image(4), clip_vision=clip_vision)[0]
+    blocks = BLOCKS[family.name]
+    patched = apply_embeds(comfy, family.model, adapter, embeds, weight=1.0, block_weights=json.dumps(blocks))
+    replace = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+    assert len(replace) == (2 if family.name == "sd15" else 10)
+    got = family.comfy_eps(patched)
+    expected = family.diffusers_eps(path, embeds, block_scale=blocks)
+    assert (got - expected).abs().max() <= TOL
