@@ -1,0 +1,70 @@
+"""Session fixtures of the test suite. Heavy ones are lazy: only tests that ask for them pay.
+
+- `models_dir`: Path of the model cache `.cache/models` (checkpoints/, clip_vision/, controlnet/,
+  ipadapter/, ...), with the random ComfyUI models and the default IP-Adapter files generated once.
+- `ipadapter_file`: factory `(variant, *, subdir=None, **kw) -> Path` for more IP-Adapter files there.
+- `comfy`: the in-process ComfyUI host (tools.comfy_host.InProcessHost) with the pack loaded from
+  custom_nodes/ipadapter_kit; `.run(class_id, **inputs)`, `.nodes`, `.NODE_CLASS_MAPPINGS`, `.pack`.
+- `server`: a real ComfyUI server (tools.comfy_host.ServerHandle: `.url`, `.output_dir`, `.log_text()`),
+  started once per session on a free port with the same models and a temporary output folder.
+- `client`: a tools.comfy_client.ComfyClient for `server`, closed after the test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+import _host
+
+# diffusers and transformers decide once, at import, whether torchvision exists. Decide it now, before
+# the in-process host puts its import-only torchvision stand-in on sys.path, so neither tries to use it.
+for _name in ("diffusers.utils.import_utils", "transformers.utils.import_utils"):
+    if importlib.util.find_spec(_name.split(".")[0]) is not None:
+        importlib.import_module(_name)
+
+
+@pytest.fixture(scope="session")
+def models_dir():
+    _host.MODELS_DIR.mkdir(parents=True, exist_ok=True)
+    _host.ensure_comfy_models(_host.MODELS_DIR)
+    if _host.have_ipadapter_generator():
+        for variant in _host.DEFAULT_IPADAPTERS:
+            _host.ensure_ipadapter(variant, _host.MODELS_DIR)
+    return _host.MODELS_DIR
+
+
+@pytest.fixture(scope="session")
+def ipadapter_file(models_dir):
+    if not _host.have_ipadapter_generator():
+        pytest.skip("tools/gen_ipadapter.py is not there yet")
+
+    def make(variant: str, *, subdir: str | None = None, **kw):
+        return _host.ensure_ipadapter(variant, models_dir, subdir=subdir, **kw)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def comfy(models_dir, tmp_path_factory):
+    from tools import comfy_host
+
+    return comfy_host.boot(models_dir, output_dir=tmp_path_factory.mktemp("comfy-inprocess"))
+
+
+@pytest.fixture(scope="session")
+def server(models_dir, tmp_path_factory):
+    from tools import comfy_host
+
+    handle = comfy_host.start_server(None, models_dir, work_dir=tmp_path_factory.mktemp("comfy-server"))
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture
+def client(server):
+    from tools.comfy_client import ComfyClient
+
+    with ComfyClient(server.url) as c:
+        yield c
