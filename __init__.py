@@ -3,7 +3,7 @@
 One registration table; importing the pack registers the `ipadapter` model folder and nothing else.
 """
 
-from .nodes import apply, embeds, image, loaders
+from .nodes import apply, embeds, faceid, image, loaders
 from .nodes._comfy import register_folders
 
 # (permanent node id, class, display name)
@@ -17,6 +17,9 @@ NODES = (
     ("IPAKitSaveEmbeds", embeds.SaveEmbeds, "IPAdapter Save Embeds (IPAKit)"),
     ("IPAKitLoadEmbeds", embeds.LoadEmbeds, "IPAdapter Load Embeds (IPAKit)"),
     ("IPAKitPrepImage", image.PrepImage, "Prep Image For CLIP Vision (IPAKit)"),
+    ("IPAKitInsightFaceLoader", faceid.InsightFaceLoader, "InsightFace Loader (IPAKit)"),
+    ("IPAKitApplyFaceID", faceid.ApplyFaceID, "Apply IPAdapter FaceID (IPAKit)"),
+    ("IPAKitFaceIDLoRA", faceid.FaceIDLoRA, "IPAdapter FaceID LoRA (IPAKit)"),
 )
 
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, cls, _ in NODES}

@@ -88,6 +88,19 @@ WEIGHT_FACEIDV2 = (
     },
 )
 
+LORA_STRENGTH = (
+    "FLOAT",
+    {
+        "default": 0.6,
+        "min": 0.0,
+        "max": 2.0,
+        "step": 0.01,
+        "tooltip": "Strength of the FaceID LoRA that ships inside FaceID adapter files (0 disables it). Applied once per "
+        "model: a model that already has it (from the Unified Loader or FaceID LoRA node) is not patched again. "
+        "Adapters without a LoRA (portrait, Kolors) ignore it.",
+    },
+)
+
 
 def apply_optional() -> dict:
     return {"clip_vision": CLIP_VISION, "image_negative": IMAGE_NEGATIVE, "attn_mask": ATTN_MASK, "block_weights": BLOCK_WEIGHTS}

@@ -18,7 +18,7 @@ from ..ipadapter_core import (
     layer_weights,
     project_embeds,
 )
-from . import _comfy, _patch
+from . import _comfy, _faceid, _patch
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +115,12 @@ def apply(
     clip_vision=None,
     weight_faceidv2: float = 1.0,
     weight_composition: float | None = None,
+    lora_strength: float = 0.0,
 ):
-    """A clone of `model` with the adapter's image prompt installed; `model` itself when nothing would change."""
+    """A clone of `model` with the adapter's image prompt installed; `model` itself when nothing would change.
+
+    FaceID adapters that ship a LoRA get it at `lora_strength` unless the model already carries it.
+    """
     spec = bundle.spec
     check_model(bundle, model)
     topo = _comfy.topology(model)
@@ -147,6 +151,8 @@ def apply(
         sigma_range=_comfy.sigma_range(model, start_at, end_at),
         pre=_kolors_pre(model, spec),
     )
+    if lora_strength and bundle.adapter.lora and not _faceid.has_lora(model, bundle.adapter):
+        model = _faceid.apply_lora(model, bundle.adapter, lora_strength)
     return _patch.install(model, topo, terms)
 
 

@@ -19,7 +19,13 @@ PRESETS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     "plus face (portraits)": (("ip-adapter-plus-face_sd15",), ("ip-adapter-plus-face_sdxl_vit-h",), "ViT-H-14"),
     "full face - SD1.5 only (portraits stronger)": (("ip-adapter-full-face_sd15",), (), "ViT-H-14"),
     "composition": (("ip_plus_composition_sd15", "ip-adapter_plus_composition_sd15"), ("ip_plus_composition_sdxl", "ip-adapter_plus_composition_sdxl"), "ViT-H-14"),
+    "faceid": (("ip-adapter-faceid_sd15",), ("ip-adapter-faceid_sdxl",), "ViT-H-14"),
+    "faceid plus - SD1.5 only": (("ip-adapter-faceid-plus_sd15",), (), "ViT-H-14"),
+    "faceid plus v2": (("ip-adapter-faceid-plusv2_sd15",), ("ip-adapter-faceid-plusv2_sdxl",), "ViT-H-14"),
+    "faceid portrait": (("ip-adapter-faceid-portrait-v11_sd15", "ip-adapter-faceid-portrait_sd15"), ("ip-adapter-faceid-portrait_sdxl",), "ViT-H-14"),
+    "faceid portrait unnorm - SDXL only": ((), ("ip-adapter-faceid-portrait_sdxl_unnorm",), "ViT-H-14"),
 }
+FACEID_PRESETS = tuple(p for p in PRESETS if p.startswith("faceid"))
 
 # names of the CLIP vision files per encoder (published names and common renames)
 CLIP_NAMES: dict[str, tuple[str, ...]] = {
@@ -62,7 +68,8 @@ def pick(files: list[str], wanted: tuple[str, ...], universe: list[str]) -> Matc
 def pick_adapter(files: list[str], preset: str, family: str) -> Match:
     sd15, sdxl, _ = PRESETS[preset]
     universe = [n for a, b, _ in PRESETS.values() for n in a + b]
-    return pick(files, sd15 if family == "sd15" else sdxl, universe)
+    adapters = [f for f in files if not normalize(f).endswith("lora")]  # FaceID's separate *_lora files are LoRAs
+    return pick(adapters, sd15 if family == "sd15" else sdxl, universe)
 
 
 def pick_clip(files: list[str], encoder: str) -> Match:

@@ -81,6 +81,7 @@ class ApplyEmbeds:
                 "attn_mask": _docs.ATTN_MASK,
                 "block_weights": _docs.BLOCK_WEIGHTS,
                 "weight_faceidv2": _docs.WEIGHT_FACEIDV2,
+                "lora_strength": _docs.LORA_STRENGTH,
             },
         }
 
@@ -89,7 +90,8 @@ class ApplyEmbeds:
         return _docs.validate_block_weights(block_weights)
 
     def apply(self, model, ipadapter, embeds, weight, weight_type, combine_embeds, start_at, end_at, embeds_scaling,
-              clip_vision=None, attn_mask=None, block_weights="", weight_faceidv2=1.0):
+              clip_vision=None, attn_mask=None, block_weights="", weight_faceidv2=1.0, lora_strength=0.6):
         return (_pipeline.apply(model, ipadapter, embeds, weight=weight, weight_type=weight_type, combine_embeds=combine_embeds,
                                 start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling, attn_mask=attn_mask,
-                                block_weights=block_weights, clip_vision=clip_vision, weight_faceidv2=weight_faceidv2),)
+                                block_weights=block_weights, clip_vision=clip_vision, weight_faceidv2=weight_faceidv2,
+                                lora_strength=lora_strength),)

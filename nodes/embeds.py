@@ -37,10 +37,18 @@ class Encode:
                 "clip_vision": _docs.CLIP_VISION,
                 "mask": ("MASK", {"tooltip": "Optional mask over the reference image: black areas are hidden from the encoder."}),
                 "image_negative": _docs.IMAGE_NEGATIVE,
+                "insightface": (
+                    _docs.INSIGHTFACE,
+                    {"tooltip": "FaceID adapters only: the face analyzer (the largest face of each image is used; images without a face are an error)."},
+                ),
             },
         }
 
-    def encode(self, ipadapter, image, clip_vision=None, mask=None, image_negative=None):
+    def encode(self, ipadapter, image, clip_vision=None, mask=None, image_negative=None, insightface=None):
+        if ipadapter.spec.kind.uses_face:
+            from .faceid import encode_faces
+
+            return (encode_faces(ipadapter, image, insightface, clip_vision=clip_vision, image_negative=image_negative)[0],)
         return (_pipeline.encode(ipadapter, image, clip_vision=clip_vision, image_negative=image_negative, mask=mask),)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..ipadapter_core.checkpoint import OVERRIDES
-from . import _comfy, _docs, _presets
+from . import _comfy, _docs, _faceid, _presets
 from ._pipeline import AdapterBundle
 
 
@@ -57,7 +57,7 @@ class UnifiedLoader:
     RETURN_NAMES = ("model", "ipadapter", "clip_vision")
     OUTPUT_TOOLTIPS = (
         "The input model, unchanged (FaceID presets return it with the FaceID LoRA applied).",
-        "The adapter, carrying its CLIP vision model.",
+        "The adapter, carrying its CLIP vision model (and, for FaceID presets, InsightFace buffalo_l).",
         "The CLIP vision model the adapter needs (for Encode or other nodes).",
     )
     FUNCTION = "load"
@@ -68,23 +68,42 @@ class UnifiedLoader:
             "required": {
                 "model": ("MODEL", {"tooltip": "The model the adapter is for; its family (SD1.5 or SDXL) picks the file."}),
                 "preset": (list(_presets.PRESETS), {"default": "standard (medium strength)", "tooltip": "Which adapter to use."}),
-            }
+            },
+            "optional": {
+                "lora_strength": (
+                    _docs.LORA_STRENGTH[0],
+                    {**_docs.LORA_STRENGTH[1], "tooltip": "FaceID presets: strength of the FaceID LoRA inside the adapter file, applied to the returned model (0 disables it)."},
+                ),
+                "provider": (
+                    ["CPU", "CUDA", "ROCM", "CoreML", "DirectML", "OpenVINO"],
+                    {"default": "CPU", "tooltip": "FaceID presets: onnxruntime provider for InsightFace (buffalo_l); falls back to CPU with a warning."},
+                ),
+            },
         }
 
-    def load(self, model, preset):
+    def load(self, model, preset, lora_strength=0.6, provider="CPU"):
         family = _family(model)
         files = _comfy.file_list(_comfy.IPADAPTER)
         match = _presets.pick_adapter(files, preset, family)
         if match.file is None:
             raise FileNotFoundError(_not_found("IP-Adapter", preset, family, match, _comfy.IPADAPTER))
-        bundle = AdapterBundle(_comfy.load_adapter_cached(_comfy.resolve(_comfy.IPADAPTER, match.file)))
-        encoder = bundle.spec.clip_encoder or _presets.PRESETS[preset][2]
+        adapter = _comfy.load_adapter_cached(_comfy.resolve(_comfy.IPADAPTER, match.file))
+        spec = adapter.spec
+        encoder = spec.clip_encoder or _presets.PRESETS[preset][2]
         clip_match = _presets.pick_clip(_comfy.file_list("clip_vision"), encoder)
-        if clip_match.file is None:
+        clip_vision = None
+        if clip_match.file is not None:
+            clip_vision = _comfy.load_clip_vision_cached(_comfy.resolve("clip_vision", clip_match.file))
+        elif spec.kind.uses_clip:
             raise FileNotFoundError(_not_found(f"CLIP vision ({encoder})", preset, family, clip_match, "clip_vision"))
-        clip_vision = _comfy.load_clip_vision_cached(_comfy.resolve("clip_vision", clip_match.file))
-        _comfy.check_clip(bundle.spec, clip_vision, bundle.name)
-        return (model, AdapterBundle(bundle.adapter, clip_vision=clip_vision), clip_vision)
+        if spec.kind.uses_clip:
+            _comfy.check_clip(spec, clip_vision, adapter.name)
+        insightface = None
+        if spec.kind.uses_face:
+            insightface = _faceid.load_insightface("buffalo_l", provider)
+            if adapter.lora and lora_strength and not _faceid.has_lora(model, adapter):
+                model = _faceid.apply_lora(model, adapter, lora_strength)
+        return (model, AdapterBundle(adapter, clip_vision=clip_vision, insightface=insightface), clip_vision)
 
 
 def _family(model) -> str:

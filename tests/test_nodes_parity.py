@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 
-import diffusers.utils.import_utils  # noqa: F401  (decide torchvision availability before the host's stand-in is on sys.path)
 import pytest
 import torch
-import transformers.utils.import_utils  # noqa: F401
 
 import _host
 from _reference import set_scale

@@ -1,0 +1,159 @@
+"""FaceID nodes: InsightFace loading, identity image prompts, and the FaceID LoRA."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from . import _comfy, _docs, _faceid, _pipeline
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = ["CPU", "CUDA", "ROCM", "CoreML", "DirectML", "OpenVINO"]
+PACKS = ["buffalo_l", "antelopev2"]
+EMBEDDED = "embedded (inside the adapter file)"
+
+FACE_SELECTION = (["largest", "by index"], {"default": "largest", "tooltip": "Which face of each image to use: the largest one, or the one at face_index."})
+FACE_INDEX = ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "With 'by index': faces are numbered from 0, left to right."})
+ON_MISSING = (
+    ["error", "skip image"],
+    {"default": "error", "tooltip": "When an image has no face: stop with an error naming the image, or skip it (it gets zero weight) with a warning."},
+)
+
+
+def face_choice(face_selection: str, face_index: int):
+    return "largest" if face_selection == "largest" else int(face_index)
+
+
+def encode_faces(bundle, image, insightface, *, clip_vision=None, image_negative=None, face_selection="largest",
+                 face_index=0, on_missing_face="error"):
+    """Embeds of the faces found in `image` (images without a face dropped) and the aligned crops."""
+    analyzer = insightface if insightface is not None else bundle.insightface
+    if analyzer is None:
+        raise ValueError(f"{bundle.name} is a FaceID adapter: connect an InsightFace loader, or use the Unified Loader's FaceID presets")
+    spec = bundle.spec
+    faces = _faceid.analyze(
+        analyzer, image, crop_size=spec.face_crop_size or 224, choice=face_choice(face_selection, face_index),
+        on_missing="skip" if on_missing_face == "skip image" else "error",
+    )
+    keep = faces.found
+    crops = faces.crops
+    if not bool(keep.any()):
+        return None, crops
+    found = dataclasses.replace(faces, normed=faces.normed[keep], raw=faces.raw[keep], crops=crops[keep], found=keep[keep])
+    return _pipeline.encode(bundle, None, clip_vision=clip_vision, image_negative=image_negative, faces=found), crops
+
+
+class InsightFaceLoader:
+    DESCRIPTION = (
+        "Loads an InsightFace model pack (detection and recognition only) from models/insightface/models/<pack>/ or an "
+        "`insightface:` folder of extra_model_paths.yaml. Never downloads: a missing or misplaced pack gives an error "
+        "naming the folder and the files it needs. Needs `pip install insightface onnxruntime`."
+    )
+    CATEGORY = f"{_docs.CATEGORY}/loaders"
+    RETURN_TYPES = (_docs.INSIGHTFACE,)
+    RETURN_NAMES = ("insightface",)
+    OUTPUT_TOOLTIPS = ("The face analyzer for Apply FaceID and Encode.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "provider": (PROVIDERS, {"default": "CPU", "tooltip": "onnxruntime execution provider; falls back to CPU with a warning when it is not installed."}),
+                "model_name": (PACKS, {"default": "buffalo_l", "tooltip": "buffalo_l for SD1.5/SDXL FaceID; antelopev2 for Kolors FaceID."}),
+            }
+        }
+
+    def load(self, provider, model_name):
+        return (_faceid.load_insightface(model_name, provider),)
+
+
+class ApplyFaceID:
+    DESCRIPTION = (
+        "Adds an identity image prompt: InsightFace finds a face in each image (largest, or by index), its ArcFace "
+        "embedding (and, for FaceID Plus, the CLIP view of the aligned face) becomes the image tokens. Several images "
+        "are combined; portrait adapters read all faces together. The FaceID LoRA inside the adapter file is applied "
+        "too (lora_strength). Also returns the aligned face crops."
+    )
+    CATEGORY = _docs.CATEGORY
+    RETURN_TYPES = ("MODEL", "IMAGE")
+    RETURN_NAMES = ("model", "face_image")
+    OUTPUT_TOOLTIPS = ("The model with the identity prompt (and the FaceID LoRA).", "The aligned face crops InsightFace found (black where none).")
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": _docs.MODEL,
+                "ipadapter": (_docs.ADAPTER, {"tooltip": "A FaceID adapter (FaceID, Plus, Plus v2, portrait), from the Model Loader or a FaceID preset of the Unified Loader."}),
+                "image": ("IMAGE", {"tooltip": "Image(s) with the face; each image gives one face."}),
+                "weight": _docs.WEIGHT,
+                "weight_faceidv2": _docs.WEIGHT_FACEIDV2,
+                "weight_type": _docs.WEIGHT_TYPE,
+                "combine_embeds": _docs.COMBINE,
+                "start_at": _docs.START_AT,
+                "end_at": _docs.END_AT,
+                "embeds_scaling": _docs.EMBEDS_SCALING_INPUT,
+                "face_selection": FACE_SELECTION,
+                "face_index": FACE_INDEX,
+                "on_missing_face": ON_MISSING,
+                "lora_strength": _docs.LORA_STRENGTH,
+            },
+            "optional": {
+                "insightface": (_docs.INSIGHTFACE, {"tooltip": "Face analyzer from the InsightFace Loader; not needed when the adapter came from a FaceID preset."}),
+                "clip_vision": _docs.CLIP_VISION,
+                "image_negative": _docs.IMAGE_NEGATIVE,
+                "attn_mask": _docs.ATTN_MASK,
+                "block_weights": _docs.BLOCK_WEIGHTS,
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, block_weights=None):
+        return _docs.validate_block_weights(block_weights)
+
+    def apply(self, model, ipadapter, image, weight, weight_faceidv2, weight_type, combine_embeds, start_at, end_at,
+              embeds_scaling, face_selection, face_index, on_missing_face, lora_strength, insightface=None,
+              clip_vision=None, image_negative=None, attn_mask=None, block_weights=""):
+        embeds, crops = encode_faces(ipadapter, image, insightface, clip_vision=clip_vision, image_negative=image_negative,
+                                     face_selection=face_selection, face_index=face_index, on_missing_face=on_missing_face)
+        if embeds is None:
+            log.warning("IPAdapter Kit: no face in any image; the model is returned without the identity prompt")
+            return (model, crops)
+        patched = _pipeline.apply(model, ipadapter, embeds, weight=weight, weight_type=weight_type, combine_embeds=combine_embeds,
+                                  start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling, attn_mask=attn_mask,
+                                  block_weights=block_weights, clip_vision=clip_vision, weight_faceidv2=weight_faceidv2,
+                                  lora_strength=lora_strength)
+        return (patched, crops)
+
+
+class FaceIDLoRA:
+    DESCRIPTION = (
+        "Applies the FaceID LoRA to a model: the one embedded in the adapter file, or a separate *_lora.safetensors "
+        "file from models/loras. Reversible like any ComfyUI LoRA; Apply FaceID then does not apply it again."
+    )
+    CATEGORY = f"{_docs.CATEGORY}/loaders"
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The model with the FaceID LoRA.",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": _docs.MODEL,
+                "ipadapter": (_docs.ADAPTER, {"tooltip": "The FaceID adapter the LoRA belongs to."}),
+                "lora": ([EMBEDDED, *_comfy.file_list("loras")], {"default": EMBEDDED, "tooltip": "The LoRA inside the adapter file, or a separate FaceID LoRA file."}),
+                "strength": (_docs.LORA_STRENGTH[0], {**_docs.LORA_STRENGTH[1], "tooltip": "LoRA strength; 0 disables it."}),
+            }
+        }
+
+    def apply(self, model, ipadapter, lora, strength):
+        lora_file = None if lora == EMBEDDED else _comfy.resolve("loras", lora)
+        if lora_file is None and not ipadapter.adapter.lora:
+            raise ValueError(f"{ipadapter.name} carries no FaceID LoRA (portrait and Kolors adapters have none); choose a LoRA file or skip this node")
+        return (_faceid.apply_lora(model, ipadapter.adapter, strength, lora_file),)
+
