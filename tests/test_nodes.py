@@ -259,21 +259,22 @@ def test_unified_loader_finds_renamed_files_and_explains_misses(pipe, comfy, mod
     assert len(replace_patches(applied)) == 16
     import folder_paths
 
-    renamed = tmp_path / "ipadapter-extra" / "SD1.5"
-    renamed.mkdir(parents=True)
+    extra = tmp_path / "ipadapter-extra"
+    (extra / "SD1.5").mkdir(parents=True)
     source = _host.ensure_ipadapter("sd15_light", models_dir, subdir="ipakit-light")
-    (renamed / "IP_Adapter-SD15.Light.V11.safetensors").symlink_to(source)
-    folder_paths.add_model_folder_path("ipadapter", str(tmp_path / "ipadapter-extra"))
+    (extra / "SD1.5" / "IP_Adapter-SD15.Light.V11.safetensors").symlink_to(source)
+    saved = folder_paths.folder_names_and_paths["ipadapter"]
+    folder_paths.folder_names_and_paths["ipadapter"] = ([str(extra)], saved[1])  # only this folder, for a sure miss
     folder_paths.filename_list_cache.clear()
     try:
         _, light, _ = comfy.outputs("IPAKitUnifiedLoader", model=pipe.model, preset="light - SD1.5 only (low strength)")
-        assert "light" in light.name.lower()
+        assert light.name == "IP_Adapter-SD15.Light.V11.safetensors"
         with pytest.raises(FileNotFoundError) as info:
             comfy.outputs("IPAKitUnifiedLoader", model=pipe.model, preset="composition")
         message = str(info.value)
-        assert "ip_plus_composition_sd15" in message and "ipadapter-extra" in message and "Accepted names" in message
+        assert "ip_plus_composition_sd15" in message and str(extra) in message and "Accepted names" in message
     finally:
-        folder_paths.folder_names_and_paths["ipadapter"][0].remove(str(tmp_path / "ipadapter-extra"))
+        folder_paths.folder_names_and_paths["ipadapter"] = saved
         folder_paths.filename_list_cache.clear()
 
 

@@ -38,11 +38,19 @@ SDXL_SMALL_DIFFUSERS = dict(
 )
 SDXL_SMALL_WIDTHS = (320,) * 70
 ADAPTERS = {
-    "sd15": {"base": ("sd15", {}), "plus": ("plus_sd15", {}), "full-face": ("full-face_sd15", {})},
+    "sd15": {
+        "base": ("sd15", {}),
+        "plus": ("plus_sd15", {}),
+        "full-face": ("full-face_sd15", {}),
+        "faceid": ("faceid_sd15", {}),
+        "faceid plus v2": ("faceid-plusv2_sd15", {}),
+    },
     "sdxl": {
         "base": ("sdxl_vit-h", {"widths": SDXL_SMALL_WIDTHS}),
         "plus": ("plus_sdxl_vit-h", {"widths": SDXL_SMALL_WIDTHS}),
         "full-face": ("full-face_sd15", {"widths": SDXL_SMALL_WIDTHS, "cross_dim": 2048}),
+        "faceid": ("faceid_sdxl", {"widths": SDXL_SMALL_WIDTHS}),
+        "faceid plus v2": ("faceid-plusv2_sdxl", {"widths": SDXL_SMALL_WIDTHS}),
     },
 }
 
@@ -91,10 +99,11 @@ class Family:
         with torch.inference_mode():
             return patched.model.diffusion_model(self.x, timesteps=self.t, context=self.context, transformer_options=options, **kwargs).float()
 
-    def diffusers_eps(self, path, embeds, scale=0.8, masks=None, block_scale=None):
+    def diffusers_eps(self, path, embeds, scale=0.8, masks=None, block_scale=None, shortcut_scale=1.0):
         import ipadapter_core as core
 
         raw = core.read_checkpoint(path)
+        spec = core.detect(raw)
         sd = {
             "image_proj": {k: v.float() for k, v in raw.image_proj.items()},
             "ip_adapter": {k: v.float() for k, v in raw.ip_adapter.items() if "_lora." not in k},
@@ -102,7 +111,11 @@ class Family:
         with torch.inference_mode():
             self.diffusers._load_ip_adapter_weights([sd], low_cpu_mem_usage=False)
             set_scale(self.diffusers, block_scale if block_scale is not None else scale)
-            emb = torch.stack([embeds.uncond["clip"], embeds.cond["clip"]]).float()  # [negative, positive]
+            both = {k: torch.stack([embeds.uncond[k], embeds.cond[k]]).float() for k in embeds.cond}  # [negative, positive]
+            emb = both["face"] if "face" in both else both["clip"]
+            if "face" in both and "clip" in both:  # FaceID Plus: diffusers reads the CLIP part from attributes
+                layer = self.diffusers.encoder_hid_proj.image_projection_layers[0]
+                layer.clip_embeds, layer.shortcut, layer.shortcut_scale = both["clip"], spec.shortcut, shortcut_scale
             kwargs = {"added_cond_kwargs": dict(self.extra, image_embeds=[emb])}
             if masks is not None:
                 kwargs["cross_attention_kwargs"] = {"ip_adapter_masks": [masks[None]]}
@@ -132,16 +145,29 @@ def apply_embeds(comfy, model, adapter, embeds, **kw):
     return comfy.outputs("IPAKitApplyEmbeds", model=model, ipadapter=adapter, embeds=embeds, **args)[0]
 
 
-@pytest.mark.parametrize("kind", ["base", "plus", "full-face"])
-def test_noise_prediction_matches_diffusers(comfy, family, clip_vision, kind):
+@pytest.fixture(scope="module")
+def insightface(comfy, models_dir):
+    pytest.importorskip("insightface")
+    from tools.gen_insightface_pack import ensure_pack
+
+    ensure_pack(models_dir / "insightface", "buffalo_l")
+    return comfy.outputs("IPAKitInsightFaceLoader", provider="CPU", model_name="buffalo_l")[0]
+
+
+@pytest.mark.parametrize("kind", ["base", "plus", "full-face", "faceid", "faceid plus v2"])
+def test_noise_prediction_matches_diffusers(comfy, family, clip_vision, kind, request):
     path = family.adapter_path(kind)
     adapter = comfy.outputs("IPAKitModelLoader", ipadapter_file=str(path.relative_to(_host.MODELS_DIR / "ipadapter")))[0]
-    embeds = comfy.outputs("IPAKitEncode", ipadapter=adapter, image=image(1), clip_vision=clip_vision)[0]
-    patched = apply_embeds(comfy, family.model, adapter, embeds)
+    faces = {}
+    if kind.startswith("faceid"):  # the real insightface on the generated pack; LoRA excluded, as diffusers' UNet path does
+        faces = {"insightface": request.getfixturevalue("insightface")}
+    embeds = comfy.outputs("IPAKitEncode", ipadapter=adapter, image=0.3 + 0.6 * image(1), clip_vision=clip_vision, **faces)[0]
+    patched = apply_embeds(comfy, family.model, adapter, embeds, lora_strength=0.0, weight_faceidv2=1.5)
     replace = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
     assert len(replace) == (16 if family.name == "sd15" else 70)  # every cross-attention layer, middle block included
+    assert not patched.patches  # no LoRA on this path
     got = family.comfy_eps(patched)
-    expected = family.diffusers_eps(path, embeds)
+    expected = family.diffusers_eps(path, embeds, shortcut_scale=1.5)
     plain = family.comfy_eps(family.model)
     assert (got - expected).abs().max() <= TOL
     assert (got - plain).abs().max() > 1e-2

@@ -2,7 +2,7 @@
 
 In-process (docs/comfyui-host.md A4): the ComfyUI folder and the torchvision stand-in go first on
 sys.path, `--cpu` and pytorch attention are set before `comfy.model_management` is imported, model
-folders are registered like `extra_model_paths.yaml` would, and `nodes.init_custom_nodes()` loads the
+folders are registered like `extra_model_paths.yaml` would, and ComfyUI's custom-node loader loads the
 pack from `custom_nodes/ipadapter_kit` exactly as a real install does. ComfyUI keeps its state in
 module globals, so there is one booted host per process.
 
@@ -190,6 +190,16 @@ def pack_import_errors(log_lines: list[str] | str, pack_name: str = PACK_NAME) -
     return bad
 
 
+def _loaded_pack(comfy_dir: Path):
+    """The pack module as ComfyUI registered it: `ipadapter_kit` on the 2024 host, its folder path on current ComfyUI."""
+    init = (comfy_dir / "custom_nodes" / PACK_NAME / "__init__.py").resolve()
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if path and name.endswith(PACK_NAME) and Path(path).resolve() == init:
+            return module
+    return None
+
+
 def boot(models_dir: str | os.PathLike, *, comfy_dir: str | os.PathLike | None = None,
          output_dir: str | os.PathLike | None = None) -> InProcessHost:
     """Boot ComfyUI in this process with the pack loaded; later calls return the same host.
@@ -227,11 +237,16 @@ def boot(models_dir: str | os.PathLike, *, comfy_dir: str | os.PathLike | None =
     root = logging.getLogger()
     root.addHandler(capture)
     try:
-        nodes.init_custom_nodes()
+        if hasattr(nodes, "init_extra_nodes"):  # current ComfyUI: async, and the API nodes need network access
+            import asyncio
+
+            asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+        else:
+            nodes.init_custom_nodes()
     finally:
         root.removeHandler(capture)
     errors = pack_import_errors(capture.lines)
-    pack = sys.modules.get(PACK_NAME)
+    pack = _loaded_pack(comfy_dir)
     if errors or pack is None:
         detail = "\n".join(errors) or f"custom_nodes/{PACK_NAME} was not found in {comfy_dir}/custom_nodes"
         raise RuntimeError(f"ComfyUI did not load the pack:\n{detail}")
@@ -336,8 +351,10 @@ def _tail(text: str, lines: int = 60) -> str:
 
 def start_server(comfy_dir: str | os.PathLike | None, models_dir: str | os.PathLike, port: int | None = None,
                  extra_args: tuple[str, ...] | list[str] = (), *, work_dir: str | os.PathLike | None = None,
-                 python: str | None = None, timeout: float = 180.0) -> ServerHandle:
+                 python: str | None = None, timeout: float = 180.0, cpu: bool = True) -> ServerHandle:
     """Start `python main.py --cpu ...` in `comfy_dir` and wait until /system_stats answers.
+
+    `cpu=False` leaves out `--cpu`, so ComfyUI picks the device (a GPU build of torch in `python`).
 
     Output, input and temp folders, the generated YAML and `server.log` go in `work_dir` (a new
     temporary folder by default). Raises RuntimeError with the log tail if the server exits, does not
@@ -360,8 +377,8 @@ def start_server(comfy_dir: str | os.PathLike | None, models_dir: str | os.PathL
     for attempt in range(attempts):
         chosen = port if port is not None else free_port()
         log_path = work_dir / "server.log"
-        cmd = [python or sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(chosen),
-               "--disable-auto-launch", "--use-pytorch-cross-attention",
+        cmd = [python or sys.executable, "main.py", *(["--cpu"] if cpu else []), "--listen", "127.0.0.1",
+               "--port", str(chosen), "--disable-auto-launch", "--use-pytorch-cross-attention",
                "--output-directory", str(work_dir / "output"), "--input-directory", str(work_dir / "input"),
                "--temp-directory", str(work_dir / "temp"), "--extra-model-paths-config", str(yaml_path),
                *extra_args]
