@@ -143,8 +143,8 @@ def encode_clip(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CLIP features of references and their negatives, in as few encoder passes as possible.
 
-    The negative is the reference rule (zeros for `image_embeds`; the encoder's view of an all-zero
-    normalised image for token adapters) unless `negative_images` are given (1, or one per image).
+    The negative is the reference rule (zeros for `image_embeds` and for Kolors FaceID; the encoder's view
+    of an all-zero normalised image for token adapters) unless `negative_images` are given (1, or one per image).
     Returns `(cond [n, ...], uncond [n, ...])`.
     """
     size = spec.clip_size or 224
@@ -154,7 +154,7 @@ def encode_clip(
         negatives = clip_pixels(negative_images, size)
         if negatives.shape[0] not in (1, n):
             raise ValueError(f"{negatives.shape[0]} negative images for {n} images; give 1 or {n}")
-    elif spec.clip_output is ClipOutput.PENULTIMATE:
+    elif not spec.zero_clip_negative:
         negatives = zero_pixels(1, size, device=pixels.device)
     else:
         negatives = None
@@ -182,7 +182,7 @@ def negative_features(spec: AdapterSpec, embeds: ImageEmbeds, encode: ClipEncode
         out["face"] = torch.zeros_like(embeds.cond["face"])
     if "clip" in embeds.cond:
         clip = embeds.cond["clip"]
-        if spec.clip_output is ClipOutput.PENULTIMATE:
+        if not spec.zero_clip_negative:
             if encode is None:
                 raise ValueError(
                     f"these embeds carry no negative, and {spec.variant} needs the CLIP encoding of an empty image for it: "

@@ -108,6 +108,12 @@ class AdapterSpec:
     def shortcut(self) -> bool:
         return self.kind is AdapterKind.FACEID_PLUS_V2
 
+    @property
+    def zero_clip_negative(self) -> bool:
+        """The reference negative for the CLIP input is zeros (image_embeds adapters; Kolors FaceID, trained
+        with zero hidden states), not the encoder's view of an all-zero normalised image."""
+        return self.clip_output is ClipOutput.IMAGE_EMBEDS or (self.family is Family.KOLORS and self.kind.uses_face)
+
     def describe(self) -> str:
         """One line for logs and error messages."""
         parts = [f"{self.variant}", f"{self.num_tokens} tokens", f"{self.num_layers} layers", f"context {self.cross_attention_dim}"]

@@ -176,3 +176,12 @@ def test_legacy_ipadpt_is_read_without_running_code(tmp_path):
     torch.save(Evil(), tmp_path / "evil.ipadpt")
     with pytest.raises(ValueError, match="refused"):
         core.load_embeds(tmp_path / "evil.ipadpt")
+
+
+def test_kolors_faceid_negative_is_zero_hidden_states(tmp_path):
+    nested = make_state_dict("kolors_faceid_plus", scale="tiny")
+    spec = core.load_adapter(write_checkpoint(nested, tmp_path / "ipa-faceid-plus.bin", key_style="adapter_modules")).spec
+    assert spec.family is core.Family.KOLORS and spec.zero_clip_negative
+    enc = LinearEncoder(width=spec.clip_dim)
+    cond, uncond = core.embeds.encode_clip(spec, enc, torch.rand(2, 336, 336, 3))
+    assert enc.batches == [2] and torch.count_nonzero(uncond) == 0 and cond.shape == (2, 257, spec.clip_dim)
