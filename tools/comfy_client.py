@@ -281,6 +281,12 @@ class ComfyClient:
     def queue_state(self) -> dict:
         return self.get_json("/queue")
 
+    def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
+        """POST /free: the server unloads its models (and drops its cached node outputs) once it is idle."""
+        status, body = self._request("/free", {"unload_models": unload_models, "free_memory": free_memory})
+        if status != 200:
+            raise ComfyError(f"POST /free: HTTP {status}: {body[:200].decode(errors='replace')}")
+
     # waiting
 
     def _open_ws(self) -> WebSocket | None:

@@ -1,0 +1,373 @@
+"""The example workflows of workflows/, one small definition per feature.
+
+Each definition builds a `tools.workflows.Graph`; `python -m tools.workflows write` renders them to
+workflows/<name>.json (UI format), workflows/api/<name>.json (API format) and workflows/<name>.jpg.
+Model names are the published ones users have; the checkpoint names are placeholders to change. The
+reference images they load are drawn by tools/workflow_pictures.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .workflow_pictures import DEPTH_MAP, INIT_IMAGE, INPAINT_IMAGE, REF_FACE, REF_LAYOUT, REF_STYLE, REF_SUBJECT
+from .workflows import SDXL_SMALL_SUBDIR, SDXL_SMALL_WIDTHS, Graph
+
+# model files the workflows name (published names; checkpoints are placeholders)
+CKPT_SD15 = "v1-5-pruned-emaonly.safetensors"
+CKPT_SDXL = "sd_xl_base_1.0.safetensors"
+VIT_H = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+CONTROLNET_DEPTH = "control_v11f1p_sd15_depth.pth"
+PLUS = "plus (high strength)"
+
+NEGATIVE = "blurry, lowres, low quality, jpeg artifacts, text, watermark"
+APPLY_DEFAULTS = dict(weight=0.8, weight_type="linear", combine_embeds="concat", start_at=0.0, end_at=1.0,
+                      embeds_scaling="V only")
+
+SAVED_EMBEDS = "IPAKit_embeds_00001_.safetensors [output]"  # what embeds_1_save writes first
+
+@dataclass(frozen=True)
+class Workflow:
+    name: str  # file name without .json
+    title: str
+    family: str  # "sd15" | "sdxl": which checkpoint family it is for
+    build: Callable[[Graph], None]
+    adapters: tuple[str, ...] = ()  # tools.gen_ipadapter variants its random stand-ins need
+    adapter_format: str = "safetensors"
+    faces: bool = False  # needs the InsightFace buffalo_l pack
+    after: str | None = None  # a workflow that must run first (it makes a file this one loads)
+
+    def graph(self) -> Graph:
+        g = Graph()
+        self.build(g)
+        return g
+
+    def meta(self) -> dict:
+        return {"title": self.title, "family": self.family}
+
+    def stand_ins(self) -> tuple[list[str], list[tuple[str, str | None, dict]]]:
+        """The random-weight models it runs on (tools.workflows.STAND_INS): tools.gen_comfy_models names, and
+        tools.gen_ipadapter rows (variant, subfolder of models/ipadapter, ensure_checkpoint arguments)."""
+        comfy = ["sd15" if self.family == "sd15" else "sdxl-small", "vit-h"]
+        if any(n.type == "ControlNetLoader" for n in self.graph().nodes):
+            comfy.append("controlnet-sd15")
+        if self.family == "sdxl":
+            return comfy, [(v, SDXL_SMALL_SUBDIR, {"widths": SDXL_SMALL_WIDTHS}) for v in self.adapters]
+        return comfy, [(v, None, {"fmt": self.adapter_format}) for v in self.adapters]
+
+
+# building blocks
+
+
+def _checkpoint(g: Graph, name: str = CKPT_SD15):
+    return g.add("CheckpointLoaderSimple", 0, ckpt_name=name)
+
+
+def _sample(g: Graph, model, ckpt, positive: str, *, prefix: str, col: int, latent=None, conditioning=None,
+            denoise=1.0, size: int = 512, steps: int = 25, cfg: float = 6.5, seed: int = 42):
+    """Text prompts (unless `conditioning` = (positive, negative) outputs is given), an empty latent (unless
+    `latent` is given), KSampler, decode and save, in columns col..col+2."""
+    if conditioning is None:
+        pos = g.add("CLIPTextEncode", col, title="Positive prompt", text=positive, clip=ckpt[1])
+        neg = g.add("CLIPTextEncode", col, title="Negative prompt", text=NEGATIVE, clip=ckpt[1])
+        conditioning = (pos[0], neg[0])
+    if latent is None:
+        latent = g.add("EmptyLatentImage", col, width=size, height=size, batch_size=1)[0]
+    sampler = g.add("KSampler", col + 1, model=model, positive=conditioning[0], negative=conditioning[1],
+                    latent_image=latent, seed=seed, steps=steps, cfg=cfg, sampler_name="dpmpp_2m",
+                    scheduler="karras", denoise=denoise)
+    decoded = g.add("VAEDecode", col + 2, samples=sampler[0], vae=ckpt[2])
+    g.add("SaveImage", col + 2, images=decoded[0], filename_prefix=f"IPAKit/{prefix}")
+    return sampler
+
+
+def _apply(g: Graph, col: int, model, ipadapter, image, *, title: str | None = None, **kw):
+    return g.add("IPAKitApply", col, title=title, model=model, ipadapter=ipadapter, image=image, **{**APPLY_DEFAULTS, **kw})
+
+
+# the workflows
+
+
+def basic_image_prompt(g: Graph) -> None:
+    g.note(0, f"""
+        Basic image prompt: the reference image steers the picture, the text adds little.
+
+        - Unified Loader: picks the adapter for the preset and the model family, and its CLIP vision
+          model. 'plus (high strength)' needs models/ipadapter/ip-adapter-plus_sd15.safetensors and
+          models/clip_vision/{VIT_H}.
+        - weight: 0 = no image prompt, 1 = trained strength; 0.6-0.9 leaves room for the text.
+        - start_at / end_at: the part of the sampling the image acts in (0-1).
+        - weight_type, combine_embeds, embeds_scaling: see the other examples; linear / concat / V only
+          are the reference behaviour.
+        """, title="How this works")
+    ckpt = _checkpoint(g)
+    ref = g.add("LoadImage", 1, title="Reference image", image=REF_SUBJECT)
+    loader = g.add("IPAKitUnifiedLoader", 1, model=ckpt[0], preset=PLUS)
+    apply = _apply(g, 2, loader[0], loader[1], ref[0])
+    _sample(g, apply[0], ckpt, "best quality, high quality", prefix="basic", col=3)
+
+
+def image_and_text(g: Graph) -> None:
+    g.note(0, """
+        Image + text (multimodal prompt): the reference gives the look, the text says what to draw.
+
+        - A lower weight (about 0.5) lets the text lead; raise it for more of the reference.
+        - weight_type 'ease out' ramps the image prompt up over the layers: weak in the first ones,
+          which settle the layout, full in the last ones, so the text decides more of the picture
+          (IPAdapter's 'prompt is more important').
+        - Prep Image chooses which square part of the reference the encoder sees ('pad' keeps it all).
+        """, title="How this works")
+    ckpt = _checkpoint(g)
+    ref = g.add("LoadImage", 1, title="Reference image", image=REF_SUBJECT)
+    prep = g.add("IPAKitPrepImage", 1, image=ref[0], interpolation="LANCZOS", crop_position="pad", sharpening=0.0, size=224)
+    loader = g.add("IPAKitUnifiedLoader", 2, model=ckpt[0], preset=PLUS)
+    apply = _apply(g, 2, loader[0], loader[1], prep[0], weight=0.5, weight_type="ease out")
+    _sample(g, apply[0], ckpt, "a knight in ornate armour standing in a snowy forest, detailed, dramatic light",
+            prefix="image_and_text", col=3)
+
+
+def style_transfer(g: Graph) -> None:
+    g.note(0, """
+        Style transfer (InstantStyle on SD1.5): only the layers that carry style get the image prompt,
+        so the colours and brush work of the reference come through but not its content.
+
+        - weight_type 'style transfer': style layers only. 'strong style transfer' adds every layer but
+          the layout ones; 'style transfer precise' also pushes the reference's layout away.
+        - weight: SD1.5 needs 1.0-1.3 for a clear style; the text says what to draw.
+        - For SDXL see sdxl_instantstyle, which sets the blocks explicitly with block_weights.
+        """, title="How this works")
+    ckpt = _checkpoint(g)
+    ref = g.add("LoadImage", 1, title="Style reference", image=REF_STYLE)
+    loader = g.add("IPAKitUnifiedLoader", 1, model=ckpt[0], preset=PLUS)
+    apply = _apply(g, 2, loader[0], loader[1], ref[0], weight=1.1, weight_type="style transfer")
+    _sample(g, apply[0], ckpt, "a cat sitting on a wooden chair", prefix="style_transfer", col=3)
+
+
+def composition(g: Graph) -> None:
+    g.note(0, """
+        Composition: the layout of the reference (where the big shapes are) without its style or content.
+
+        - Unified Loader preset 'composition' loads ip_plus_composition_sd15.safetensors (from ostris),
+          a Plus-type adapter trained on layout; put it in models/ipadapter.
+        - weight 0.8-1.2; lower it if the reference's content leaks in.
+        - With a regular adapter, weight_type 'composition' gives a similar effect.
+        """, title="How this works")
+    ckpt = _checkpoint(g)
+    ref = g.add("LoadImage", 1, title="Layout reference", image=REF_LAYOUT)
+    loader = g.add("IPAKitUnifiedLoader", 1, model=ckpt[0], preset="composition")
+    apply = _apply(g, 2, loader[0], loader[1], ref[0], weight=1.0)
+    _sample(g, apply[0], ckpt, "a cosy wooden cabin by a lake, autumn", prefix="composition", col=3)
+
+
+def masked_two_references(g: Graph) -> None:
+    g.note(0, """
+        Two references in two regions: each Apply gets an attn_mask, white where its image acts.
+
+        - The masks are drawn with core mask nodes: a black canvas with a white left half, and its
+          inverse. Any MASK works (a painted mask from Load Image, a segmentation).
+        - Masks are resized to the latent, so any resolution works; keep the aspect of the picture.
+        - The text should describe both parts; the two adapters are chained (each adds its own attention).
+        """, title="How this works")
+    ckpt = _checkpoint(g)
+    left_ref = g.add("LoadImage", 1, title="Left reference", image=REF_SUBJECT)
+    right_ref = g.add("LoadImage", 1, title="Right reference", image=REF_STYLE)
+    canvas = g.add("SolidMask", 0, title="Canvas (black)", value=0.0, width=512, height=512)
+    half = g.add("SolidMask", 0, title="Left half (white)", value=1.0, width=256, height=512)
+    left = g.add("MaskComposite", 2, title="Left mask", destination=canvas[0], source=half[0], x=0, y=0, operation="add")
+    right = g.add("InvertMask", 2, title="Right mask", mask=left[0])
+    loader = g.add("IPAKitUnifiedLoader", 2, model=ckpt[0], preset=PLUS)
+    first = _apply(g, 3, loader[0], loader[1], left_ref[0], title="Apply IPAdapter (left)", attn_mask=left[0])
+    second = _apply(g, 3, first[0], loader[1], right_ref[0], title="Apply IPAdapter (right)", attn_mask=right[0])
+    _sample(g, second[0], ckpt, "two paintings hanging side by side on a white wall", prefix="masked", col=4)
+
+
+def chained_style_and_face(g: Graph) -> None:
+    g.note(0, """
+        Chained adapters: a style reference and a face reference, each with its own adapter.
+
+        - Chain Apply nodes (model -> model); each adds its own image attention, so the two adapters
+          and their weights stay independent. A second Unified Loader passes the model through.
+        - 'plus face (portraits)' needs models/ipadapter/ip-adapter-plus-face_sd15.safetensors; it keeps
+          the face, not the identity (for identity use FaceID, see faceid).
+        - Style at 'style transfer' so it does not fight the face for the layout.
+        """, title="How this works")
+    ckpt = _checkpoint(g)
+    style_ref = g.add("LoadImage", 1, title="Style reference", image=REF_STYLE)
+    face_ref = g.add("LoadImage", 1, title="Face reference", image=REF_FACE)
+    style_loader = g.add("IPAKitUnifiedLoader", 2, title="Unified Loader (style)", model=ckpt[0], preset=PLUS)
+    style = _apply(g, 2, style_loader[0], style_loader[1], style_ref[0], title="Apply IPAdapter (style)",
+                   weight=1.0, weight_type="style transfer")
+    face_loader = g.add("IPAKitUnifiedLoader", 3, title="Unified Loader (face)", model=style[0], preset="plus face (portraits)")
+    face = _apply(g, 3, face_loader[0], face_loader[1], face_ref[0], title="Apply IPAdapter (face)", weight=0.7)
+    _sample(g, face[0], ckpt, "portrait of a woman, upper body, looking at the viewer", prefix="style_and_face", col=4)
+
+
+def image_to_image(g: Graph) -> None:
+    g.note(0, """
+        Image to image with an image prompt: the init image gives the structure, the reference the look.
+
+        - denoise: how much of the init image is redrawn (0.4 close to it, 0.8 loosely based on it).
+        - The init image is scaled to the generation size first (Upscale Image, crop center).
+        - The image prompt weight works as in the basic example.
+        """, title="How this works")
+    ckpt = _checkpoint(g)
+    init = g.add("LoadImage", 1, title="Init image", image=INIT_IMAGE)
+    scaled = g.add("ImageScale", 1, image=init[0], upscale_method="lanczos", width=512, height=512, crop="center")
+    ref = g.add("LoadImage", 1, title="Reference image", image=REF_STYLE)
+    encoded = g.add("VAEEncode", 2, pixels=scaled[0], vae=ckpt[2])
+    loader = g.add("IPAKitUnifiedLoader", 2, model=ckpt[0], preset=PLUS)
+    apply = _apply(g, 2, loader[0], loader[1], ref[0], weight=0.7)
+    _sample(g, apply[0], ckpt, "a landscape painting, best quality", prefix="image_to_image", col=3,
+            latent=encoded[0], denoise=0.6)
+
+
+def inpainting(g: Graph) -> None:
+    g.note(0, """
+        Inpainting with an image prompt: the transparent part of the image is redrawn, guided by the
+        reference.
+
+        - Load Image gives the alpha channel as MASK (transparent = 1 = redraw); paint one with
+          ComfyUI's mask editor (right click > Open in MaskEditor).
+        - The same mask goes to Apply's attn_mask, so the reference acts only inside the hole.
+        - grow_mask_by widens the mask a little for seamless edges. An inpainting checkpoint
+          (e.g. sd-v1-5-inpainting) blends best.
+        """, title="How this works")
+    ckpt = _checkpoint(g)
+    image = g.add("LoadImage", 1, title="Image with a transparent hole", image=INPAINT_IMAGE)
+    ref = g.add("LoadImage", 1, title="Reference image", image=REF_SUBJECT)
+    encoded = g.add("VAEEncodeForInpaint", 2, pixels=image[0], vae=ckpt[2], mask=image[1], grow_mask_by=6)
+    loader = g.add("IPAKitUnifiedLoader", 2, model=ckpt[0], preset=PLUS)
+    apply = _apply(g, 2, loader[0], loader[1], ref[0], weight=0.8, attn_mask=image[1])
+    _sample(g, apply[0], ckpt, "best quality, high quality", prefix="inpainting", col=3, latent=encoded[0])
+
+
+def controlnet_depth(g: Graph) -> None:
+    g.note(0, f"""
+        ControlNet + IP-Adapter: the depth map fixes the structure, the reference the look (the use
+        case of IP-Adapter's depth ControlNet demo).
+
+        - {CONTROLNET_DEPTH} goes in models/controlnet. Make the depth map with a depth
+          preprocessor (e.g. a custom node pack) or load one; white is near.
+        - ControlNet strength about 0.6-1.0; end_percent below 1 frees the last steps for details.
+        - The image prompt adds colours and materials; weight 0.6-0.9.
+        """, title="How this works")
+    ckpt = _checkpoint(g)
+    control = g.add("ControlNetLoader", 0, control_net_name=CONTROLNET_DEPTH)
+    depth = g.add("LoadImage", 1, title="Depth map", image=DEPTH_MAP)
+    scaled = g.add("ImageScale", 1, image=depth[0], upscale_method="bilinear", width=512, height=512, crop="center")
+    ref = g.add("LoadImage", 1, title="Reference image", image=REF_STYLE)
+    pos = g.add("CLIPTextEncode", 2, title="Positive prompt", text="a sculpture in a museum hall, soft light", clip=ckpt[1])
+    neg = g.add("CLIPTextEncode", 2, title="Negative prompt", text=NEGATIVE, clip=ckpt[1])
+    cond = g.add("ControlNetApplyAdvanced", 3, positive=pos[0], negative=neg[0], control_net=control[0], image=scaled[0],
+                 strength=0.8, start_percent=0.0, end_percent=0.8)
+    loader = g.add("IPAKitUnifiedLoader", 3, model=ckpt[0], preset=PLUS)
+    apply = _apply(g, 3, loader[0], loader[1], ref[0], weight=0.7)
+    _sample(g, apply[0], ckpt, "", prefix="controlnet_depth", col=4, conditioning=(cond[0], cond[1]))
+
+
+def embeds_1_save(g: Graph) -> None:
+    g.note(0, """
+        Embeds, part 1: encode references once, merge them and save the result.
+
+        - Encode runs CLIP vision on each reference (the expensive part) and keeps the features the
+          adapter needs, with the negative.
+        - Combine Embeds 'average' merges the two references into one; 'concat' keeps both.
+        - Save Embeds writes output/IPAKit_embeds_00001_.safetensors (the counter grows on every run);
+          embeds_2_load applies it without images or CLIP vision.
+        """, title="How this works")
+    ckpt = _checkpoint(g)
+    first = g.add("LoadImage", 1, title="Reference 1", image=REF_SUBJECT)
+    second = g.add("LoadImage", 1, title="Reference 2", image=REF_STYLE)
+    loader = g.add("IPAKitUnifiedLoader", 2, model=ckpt[0], preset=PLUS)
+    enc1 = g.add("IPAKitEncode", 2, title="Encode reference 1", ipadapter=loader[1], image=first[0])
+    enc2 = g.add("IPAKitEncode", 2, title="Encode reference 2", ipadapter=loader[1], image=second[0])
+    merged = g.add("IPAKitCombineEmbeds", 3, embeds1=enc1[0], embeds2=enc2[0], method="average")
+    g.add("IPAKitSaveEmbeds", 3, embeds=merged[0], filename_prefix="IPAKit_embeds")
+    apply = g.add("IPAKitApplyEmbeds", 3, model=loader[0], ipadapter=loader[1], embeds=merged[0], **APPLY_DEFAULTS)
+    _sample(g, apply[0], ckpt, "best quality, high quality", prefix="embeds_save", col=4)
+
+
+def embeds_2_load(g: Graph) -> None:
+    g.note(0, f"""
+        Embeds, part 2: apply saved embeds; no reference image and no CLIP vision run.
+
+        - Run embeds_1_save first, then pick its file in Load Embeds ('[output]' marks files from the
+          output folder; press R to refresh the list). Embeds files can be shared like LoRAs.
+        - Embeds are checked against the adapter: they must come from the same kind of adapter
+          (here {PLUS}).
+        """, title="How this works")
+    ckpt = _checkpoint(g)
+    embeds = g.add("IPAKitLoadEmbeds", 1, embeds=SAVED_EMBEDS)
+    loader = g.add("IPAKitUnifiedLoader", 1, model=ckpt[0], preset=PLUS)
+    apply = g.add("IPAKitApplyEmbeds", 2, model=loader[0], ipadapter=loader[1], embeds=embeds[0], **APPLY_DEFAULTS)
+    _sample(g, apply[0], ckpt, "best quality, high quality", prefix="embeds_load", col=3)
+
+
+def faceid(g: Graph) -> None:
+    g.note(0, f"""
+        FaceID: the identity of a face (InsightFace's face embedding), not its pixels.
+
+        - Needs `pip install insightface onnxruntime` and the buffalo_l pack in
+          models/insightface/models/buffalo_l/ (never downloaded by the node).
+        - ip-adapter-faceid-plusv2_sd15.bin goes in models/ipadapter; Plus v2 also reads the face crop
+          with {VIT_H}.
+        - FaceID LoRA applies the LoRA embedded in the adapter file (strength 0.5-0.8); Apply FaceID
+          then does not apply it again. weight_faceidv2 sets how much face structure v2 adds.
+        - face_image shows the aligned face InsightFace found.
+        """, title="How this works")
+    ckpt = _checkpoint(g)
+    face = g.add("IPAKitInsightFaceLoader", 0, provider="CPU", model_name="buffalo_l")
+    ref = g.add("LoadImage", 1, title="Face reference", image=REF_FACE)
+    adapter = g.add("IPAKitModelLoader", 1, ipadapter_file="ip-adapter-faceid-plusv2_sd15.bin", variant_override="auto")
+    clip_vision = g.add("CLIPVisionLoader", 1, clip_name=VIT_H)
+    lora = g.add("IPAKitFaceIDLoRA", 2, model=ckpt[0], ipadapter=adapter[0], lora="embedded (inside the adapter file)", strength=0.6)
+    apply = g.add("IPAKitApplyFaceID", 2, model=lora[0], ipadapter=adapter[0], image=ref[0], insightface=face[0],
+                  clip_vision=clip_vision[0], weight=0.8, weight_faceidv2=1.0, weight_type="linear", combine_embeds="concat",
+                  start_at=0.0, end_at=1.0, embeds_scaling="V only", face_selection="largest", face_index=0,
+                  on_missing_face="error", lora_strength=0.6)
+    g.add("PreviewImage", 3, title="Aligned face", images=apply[1])
+    _sample(g, apply[0], ckpt, "photo of a person in a garden, natural light", prefix="faceid", col=3)
+
+
+def sdxl_instantstyle(g: Graph) -> None:
+    g.note(0, f"""
+        SDXL + InstantStyle: the style of the reference on SDXL, set per block with block_weights.
+
+        - ip-adapter-plus_sdxl_vit-h.safetensors (models/ipadapter) reads {VIT_H}
+          (models/clip_vision); the Model Loader + Load CLIP Vision pair is the explicit way.
+        - block_weights {{"up": {{"block_0": [0.0, 1.0, 0.0]}}}} is InstantStyle's style-only setting
+          (diffusers' set_ip_adapter_scale format; blocks not named get 0). Add
+          "down": {{"block_2": [0.0, 1.0]}} for layout too.
+        - weight scales everything; weight_type linear keeps the block weights as given.
+        """, title="How this works")
+    ckpt = _checkpoint(g, CKPT_SDXL)
+    adapter = g.add("IPAKitModelLoader", 0, ipadapter_file="ip-adapter-plus_sdxl_vit-h.safetensors", variant_override="auto")
+    clip_vision = g.add("CLIPVisionLoader", 1, clip_name=VIT_H)
+    ref = g.add("LoadImage", 1, title="Style reference", image=REF_STYLE)
+    apply = _apply(g, 2, ckpt[0], adapter[0], ref[0], weight=1.0, clip_vision=clip_vision[0],
+                   block_weights='{"up": {"block_0": [0.0, 1.0, 0.0]}}')
+    _sample(g, apply[0], ckpt, "a lighthouse on a cliff at sunset", prefix="sdxl_instantstyle", col=3, size=1024,
+            steps=30, cfg=6.0)
+
+
+WORKFLOWS: tuple[Workflow, ...] = (
+    Workflow("basic_image_prompt", "Basic image prompt", "sd15", basic_image_prompt, ("plus_sd15",)),
+    Workflow("image_and_text", "Image + text (multimodal)", "sd15", image_and_text, ("plus_sd15",)),
+    Workflow("style_transfer", "Style transfer (InstantStyle, SD1.5)", "sd15", style_transfer, ("plus_sd15",)),
+    Workflow("composition", "Composition adapter", "sd15", composition, ("composition_sd15",)),
+    Workflow("masked_two_references", "Two references in two mask regions", "sd15", masked_two_references, ("plus_sd15",)),
+    Workflow("chained_style_and_face", "Chained adapters: style + face", "sd15", chained_style_and_face,
+             ("plus_sd15", "plus-face_sd15")),
+    Workflow("image_to_image", "Image to image", "sd15", image_to_image, ("plus_sd15",)),
+    Workflow("inpainting", "Inpainting", "sd15", inpainting, ("plus_sd15",)),
+    Workflow("controlnet_depth", "ControlNet depth + IP-Adapter", "sd15", controlnet_depth, ("plus_sd15",)),
+    Workflow("embeds_1_save", "Embeds: encode, combine, save", "sd15", embeds_1_save, ("plus_sd15",)),
+    Workflow("embeds_2_load", "Embeds: load and apply", "sd15", embeds_2_load, ("plus_sd15",), after="embeds_1_save"),
+    Workflow("faceid", "FaceID Plus v2 with its LoRA", "sd15", faceid, ("faceid-plusv2_sd15",), adapter_format="bin",
+             faces=True),
+    Workflow("sdxl_instantstyle", "SDXL style transfer (InstantStyle block weights)", "sdxl", sdxl_instantstyle,
+             ("plus_sdxl_vit-h",)),
+)
+BY_NAME = {wf.name: wf for wf in WORKFLOWS}
+MAIN = "basic_image_prompt"  # the workflow the README's first command runs
