@@ -115,11 +115,14 @@ def _family(model) -> str:
     raise ValueError(f"the Unified Loader knows SD1.5 and SDXL models; this one is {_comfy.model_name(topo)}. Use the Model Loader.")
 
 
+_FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
+
+
 def _not_found(what: str, preset: str, family: str, match: _presets.Match, kind: str) -> str:
     if not match.accepted:
-        return f"the preset '{preset}' has no {family.upper()} version; pick another preset or an SD1.5 model"
+        return f"the preset '{preset}' has no {_FAMILY_NAMES[family]} version; pick another preset"
     return (
-        f"no {what} file for the preset '{preset}' ({family.upper()}). Accepted names (any case, '-'/'_'/'.' interchangeable, "
+        f"no {what} file for the preset '{preset}' ({_FAMILY_NAMES[family]}). Accepted names (any case, '-'/'_'/'.' interchangeable, "
         f"any subfolder, .safetensors or .bin): {', '.join(match.accepted)}. Searched: {'; '.join(_comfy.folders(kind)) or 'no folders'}. "
         f"Files there: {', '.join(_comfy.file_list(kind)[:12]) or 'none'}."
     )

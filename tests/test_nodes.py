@@ -118,6 +118,23 @@ def test_chained_adapters_stack_copy_on_write(pipe):
     assert (e1 - e0).abs().max() > 1e-2 and (e2 - e1).abs().max() > 1e-2
 
 
+def test_two_regions_from_two_apply_nodes(pipe):
+    left = torch.zeros(1, 64, 64)
+    left[:, :, :32] = 1
+    one = pipe.apply(attn_mask=left)
+    two = pipe.apply(model=one, image=torch.rand(1, 224, 224, 3, generator=torch.Generator().manual_seed(9)), attn_mask=1 - left)
+    key = ("input", 1, 0)
+    patch_one, patch_two = replace_patches(one)[key], replace_patches(two)[key]
+    assert len(patch_two.plan.segments) == 2 and all(s.mask is not None for s in patch_two.plan.segments)
+    g = torch.Generator().manual_seed(1)
+    q, k, v = torch.randn(2, 64, 320, generator=g), torch.randn(2, 77, 320, generator=g), torch.randn(2, 77, 320, generator=g)
+    extra = {"n_heads": 8, "dim_head": 40, "cond_or_uncond": [1, 0], "original_shape": [2, 4, 8, 8], "sigmas": torch.ones(1)}
+    with torch.inference_mode():
+        delta = (patch_two(q, k, v, extra) - patch_one(q, k, v, extra)).view(2, 8, 8, 320)
+    assert delta[:, :, :4].abs().max() < 1e-5  # the second image acts only where its mask is white
+    assert delta[:, :, 4:].abs().amin(dim=(0, 1, 3)).min() > 0
+
+
 def test_clone_shares_patches_and_to_returns_patch_objects(pipe):
     patched = pipe.apply()
     clone = patched.clone()

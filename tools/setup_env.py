@@ -293,6 +293,9 @@ def link_pack(comfy_dir: Path) -> Path:
         log(f"pack: {link} pointed to {os.readlink(link)}; relinking")
         link.unlink()
     elif link.exists():
+        if link.resolve() == REPO.resolve():  # the pack was cloned right there
+            log(f"pack: in place ({link})")
+            return link
         raise FileExistsError(f"{link} already exists and is not a symlink (another copy of the pack?); "
                               f"remove or rename it, then run tools/setup_env.py again")
     link.symlink_to(REPO.resolve(), target_is_directory=True)
