@@ -102,6 +102,18 @@ LORA_STRENGTH = (
 )
 
 
+def schedule_inputs() -> dict:
+    """The widgets every apply node has, in the order saved workflows expect."""
+    return {
+        "weight": WEIGHT,
+        "weight_type": WEIGHT_TYPE,
+        "combine_embeds": COMBINE,
+        "start_at": START_AT,
+        "end_at": END_AT,
+        "embeds_scaling": EMBEDS_SCALING_INPUT,
+    }
+
+
 def apply_optional() -> dict:
     return {"clip_vision": CLIP_VISION, "image_negative": IMAGE_NEGATIVE, "attn_mask": ATTN_MASK, "block_weights": BLOCK_WEIGHTS}
 

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 
 from . import _comfy, _docs, _faceid, _pipeline
+from .apply import ApplyNode
 
 log = logging.getLogger(__name__)
 
@@ -69,33 +70,28 @@ class InsightFaceLoader:
         return (_faceid.load_insightface(model_name, provider),)
 
 
-class ApplyFaceID:
+class ApplyFaceID(ApplyNode):
     DESCRIPTION = (
         "Adds an identity image prompt: InsightFace finds a face in each image (largest, or by index), its ArcFace "
         "embedding (and, for FaceID Plus, the CLIP view of the aligned face) becomes the image tokens. Several images "
         "are combined; portrait adapters read all faces together. The FaceID LoRA inside the adapter file is applied "
         "too (lora_strength). Also returns the aligned face crops."
     )
-    CATEGORY = _docs.CATEGORY
     RETURN_TYPES = ("MODEL", "IMAGE")
     RETURN_NAMES = ("model", "face_image")
     OUTPUT_TOOLTIPS = ("The model with the identity prompt (and the FaceID LoRA).", "The aligned face crops InsightFace found (black where none).")
-    FUNCTION = "apply"
 
     @classmethod
     def INPUT_TYPES(cls):
+        schedule = _docs.schedule_inputs()
         return {
             "required": {
                 "model": _docs.MODEL,
                 "ipadapter": (_docs.ADAPTER, {"tooltip": "A FaceID adapter (FaceID, Plus, Plus v2, portrait), from the Model Loader or a FaceID preset of the Unified Loader."}),
                 "image": ("IMAGE", {"tooltip": "Image(s) with the face; each image gives one face."}),
-                "weight": _docs.WEIGHT,
+                "weight": schedule.pop("weight"),
                 "weight_faceidv2": _docs.WEIGHT_FACEIDV2,
-                "weight_type": _docs.WEIGHT_TYPE,
-                "combine_embeds": _docs.COMBINE,
-                "start_at": _docs.START_AT,
-                "end_at": _docs.END_AT,
-                "embeds_scaling": _docs.EMBEDS_SCALING_INPUT,
+                **schedule,
                 "face_selection": FACE_SELECTION,
                 "face_index": FACE_INDEX,
                 "on_missing_face": ON_MISSING,
@@ -110,23 +106,14 @@ class ApplyFaceID:
             },
         }
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, block_weights=None):
-        return _docs.validate_block_weights(block_weights)
-
-    def apply(self, model, ipadapter, image, weight, weight_faceidv2, weight_type, combine_embeds, start_at, end_at,
-              embeds_scaling, face_selection, face_index, on_missing_face, lora_strength, insightface=None,
-              clip_vision=None, image_negative=None, attn_mask=None, block_weights=""):
+    def apply(self, model, ipadapter, image, face_selection, face_index, on_missing_face, insightface=None,
+              clip_vision=None, image_negative=None, **options):
         embeds, crops = encode_faces(ipadapter, image, insightface, clip_vision=clip_vision, image_negative=image_negative,
                                      face_selection=face_selection, face_index=face_index, on_missing_face=on_missing_face)
         if embeds is None:
             log.warning("IPAdapter Kit: no face in any image; the model is returned without the identity prompt")
             return (model, crops)
-        patched = _pipeline.apply(model, ipadapter, embeds, weight=weight, weight_type=weight_type, combine_embeds=combine_embeds,
-                                  start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling, attn_mask=attn_mask,
-                                  block_weights=block_weights, clip_vision=clip_vision, weight_faceidv2=weight_faceidv2,
-                                  lora_strength=lora_strength)
-        return (patched, crops)
+        return (_pipeline.apply(model, ipadapter, embeds, clip_vision=clip_vision, **options), crops)
 
 
 class FaceIDLoRA:
