@@ -11,6 +11,30 @@ import torch
 
 import ipadapter_core as core
 
+# the real UNet configurations (diffusers form)
+REAL_SD15_CONFIG = dict(
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+)
+REAL_SDXL_CONFIG = dict(
+    block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
+    use_linear_projection=True,
+    cross_attention_dim=2048,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+)
+# the SDXL-small test checkpoint: the real SDXL layout with every level 320 wide (5 heads of 64)
+SDXL_SMALL_CONFIG = dict(REAL_SDXL_CONFIG, block_out_channels=(320, 320, 320), attention_head_dim=(5, 5, 5))
+
+# tiny UNets with the real attention topology
 SD15_CONFIG = dict(
     sample_size=8,
     in_channels=4,

@@ -68,3 +68,24 @@ def client(server):
 
     with ComfyClient(server.url) as c:
         yield c
+
+
+# models loaded once per session and shared by the in-process test modules (a full SD1.5 is 3.4 GB in fp32)
+
+
+@pytest.fixture(scope="session")
+def sd15_checkpoint(comfy):
+    """(MODEL, CLIP, VAE) of the random full-architecture SD1.5 checkpoint."""
+    return comfy.outputs("CheckpointLoaderSimple", ckpt_name=_host.SD15_CHECKPOINT)
+
+
+@pytest.fixture(scope="session")
+def sdxl_small_checkpoint(comfy):
+    """(MODEL, CLIP, VAE) of the random SDXL checkpoint with the real 70-layer attention layout."""
+    return comfy.outputs("CheckpointLoaderSimple", ckpt_name=_host.SDXL_SMALL_CHECKPOINT)
+
+
+@pytest.fixture(scope="session")
+def vit_h(comfy):
+    """The random ViT-H/14 CLIP vision model."""
+    return comfy.outputs("CLIPVisionLoader", clip_name=_host.VIT_H)[0]

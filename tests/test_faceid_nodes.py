@@ -21,14 +21,14 @@ def face_image(seed=0, size=320):
 
 
 @pytest.fixture(scope="module")
-def face(comfy, models_dir):
+def face(comfy, models_dir, sd15_checkpoint, vit_h):
     from tools.gen_insightface_pack import ensure_pack
 
     ensure_pack(models_dir / "insightface", "buffalo_l")
 
     class F:
-        model, clip, vae = comfy.outputs("CheckpointLoaderSimple", ckpt_name=_host.SD15_CHECKPOINT)
-        clip_vision = comfy.outputs("CLIPVisionLoader", clip_name=_host.VIT_H)[0]
+        model, clip, vae = sd15_checkpoint
+        clip_vision = vit_h
         insightface = comfy.outputs("IPAKitInsightFaceLoader", provider="CPU", model_name="buffalo_l")[0]
 
         @staticmethod

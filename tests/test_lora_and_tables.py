@@ -4,31 +4,11 @@ import pytest
 import torch
 
 import ipadapter_core as core
-from _reference import tiny_unet, topology_of
+from _reference import REAL_SD15_CONFIG, REAL_SDXL_CONFIG, tiny_unet, topology_of
 from ipadapter_core.lora import lora_delta, processor_names, to_diffusers_lora
 from tools.gen_ipadapter import make_state_dict
 
-REAL = {
-    "sd15": dict(
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-    ),
-    "sdxl": dict(
-        block_out_channels=(320, 640, 1280),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2, 10),
-        attention_head_dim=(5, 10, 20),
-        use_linear_projection=True,
-        cross_attention_dim=2048,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=256,
-        projection_class_embeddings_input_dim=2816,
-    ),
-}
+REAL = {"sd15": REAL_SD15_CONFIG, "sdxl": REAL_SDXL_CONFIG}
 
 
 def real_unet(family):

@@ -13,10 +13,10 @@ APPLY = dict(weight=0.8, weight_type="linear", combine_embeds="concat", start_at
 
 
 class Pipe:
-    def __init__(self, comfy):
+    def __init__(self, comfy, checkpoint, clip_vision):
         self.comfy = comfy
-        self.model, self.clip, self.vae = comfy.outputs("CheckpointLoaderSimple", ckpt_name=_host.SD15_CHECKPOINT)
-        self.clip_vision = comfy.outputs("CLIPVisionLoader", clip_name=_host.VIT_H)[0]
+        self.model, self.clip, self.vae = checkpoint
+        self.clip_vision = clip_vision
         self.pos = comfy.outputs("CLIPTextEncode", text="a photo of a cat", clip=self.clip)[0]
         self.neg = comfy.outputs("CLIPTextEncode", text="blurry", clip=self.clip)[0]
         self.plus = comfy.outputs("IPAKitModelLoader", ipadapter_file="ip-adapter-plus_sd15.safetensors")[0]
@@ -51,8 +51,8 @@ class Pipe:
 
 
 @pytest.fixture(scope="module")
-def pipe(comfy, models_dir):
-    p = Pipe(comfy)
+def pipe(comfy, models_dir, sd15_checkpoint, vit_h):
+    p = Pipe(comfy, sd15_checkpoint, vit_h)
     yield p
     del p
     _host.free_memory()

@@ -13,29 +13,10 @@ import pytest
 import torch
 
 import _host
-from _reference import set_scale
+from _reference import REAL_SD15_CONFIG, SDXL_SMALL_CONFIG, set_scale
 
 TOL = 1e-4
 
-SD15_DIFFUSERS = dict(
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    cross_attention_dim=768,
-    attention_head_dim=8,
-)
-SDXL_SMALL_DIFFUSERS = dict(
-    block_out_channels=(320, 320, 320),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 5, 5),
-    use_linear_projection=True,
-    cross_attention_dim=2048,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
 SDXL_SMALL_WIDTHS = (320,) * 70
 ADAPTERS = {
     "sd15": {
@@ -58,18 +39,17 @@ ADAPTERS = {
 class Family:
     """One loaded ComfyUI model with its diffusers twin."""
 
-    def __init__(self, comfy, name):
+    def __init__(self, comfy, name, checkpoint):
         import comfy.utils as cu
         from diffusers import UNet2DConditionModel
 
         self.comfy, self.name = comfy, name
-        ckpt = _host.SD15_CHECKPOINT if name == "sd15" else _host.SDXL_SMALL_CHECKPOINT
-        self.model = comfy.outputs("CheckpointLoaderSimple", ckpt_name=ckpt)[0]
+        self.model = checkpoint[0]
         unet = self.model.model.diffusion_model
         mapping = cu.unet_to_diffusers(self.model.model.model_config.unet_config)
         state = unet.state_dict()
         with torch.device("meta"):
-            self.diffusers = UNet2DConditionModel(**(SD15_DIFFUSERS if name == "sd15" else SDXL_SMALL_DIFFUSERS))
+            self.diffusers = UNet2DConditionModel(**(REAL_SD15_CONFIG if name == "sd15" else SDXL_SMALL_CONFIG))
         self.diffusers.requires_grad_(False)  # the ComfyUI tensors are inference tensors; share them, do not copy
         # ComfyUI names SDXL's added-condition MLP like a class embedding; diffusers calls it add_embedding
         converted = {d.replace("class_embedding.", "add_embedding.") if name == "sdxl" else d: state[c] for d, c in mapping.items() if c in state}
@@ -124,15 +104,16 @@ class Family:
 
 @pytest.fixture(scope="module", params=["sd15", "sdxl"])
 def family(request, comfy, models_dir):
-    fam = Family(comfy, request.param)
+    fixture = "sd15_checkpoint" if request.param == "sd15" else "sdxl_small_checkpoint"
+    fam = Family(comfy, request.param, request.getfixturevalue(fixture))
     yield fam
     del fam
     _host.free_memory()
 
 
 @pytest.fixture(scope="module")
-def clip_vision(comfy, models_dir):
-    return comfy.outputs("CLIPVisionLoader", clip_name=_host.VIT_H)[0]
+def clip_vision(vit_h):
+    return vit_h
 
 
 def image(seed=0, size=224):
