@@ -75,6 +75,10 @@ def test_every_pack_node_is_in_object_info_with_description_and_tooltips(info, c
 
 
 def test_committed_workflows_are_what_the_definitions_render(info):
+    from tools import setup_env
+
+    if setup_env.default_comfy_dir().resolve() != setup_env.BUNDLED_COMFYUI.resolve():
+        pytest.skip("the committed UI files are rendered against the vendored ComfyUI's /object_info (core nodes differ elsewhere)")
     assert workflows.stale_files(info) == [], "run: .venv/bin/python -m tools.workflows write"
     for wf in examples.WORKFLOWS:
         thumb = workflows.WORKFLOWS_DIR / f"{wf.name}.jpg"

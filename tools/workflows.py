@@ -310,8 +310,10 @@ def to_api(ui: dict, info: dict) -> dict:
                 inputs[s.name] = linked[s.name]
             elif s.kind == "widget":
                 inputs[s.name] = widget_values[s.name]
-        api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs,
-                                "_meta": {"title": node.get("title") or info[node["type"]].get("display_name", node["type"])}}
+        entry = {"class_type": node["type"], "inputs": inputs}
+        if node.get("title"):  # only titles the workflow sets: display names differ between ComfyUI versions
+            entry["_meta"] = {"title": node["title"]}
+        api[str(node["id"])] = entry
     return api
 
 
