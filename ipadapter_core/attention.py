@@ -6,7 +6,13 @@ n query positions of the layer, m = b*n, s image tokens, h heads, d head width, 
 Everything constant across sampling steps is prepared once in a `LayerPlan`: the image keys and
 values of every adapter on the layer with their weights folded in, split into segments that each get
 their own softmax (one per adapter, or one per reference image when per-image masks are used). A
-call then costs one attention per segment plus, where masks or start/end gates apply, one multiply.
+call adds into the text attention in place: a lone segment costs one SDPA; segments of equal length
+(chained adapters of one kind, per-image masks) share one fused pass (one q kᵀ, a softmax per
+segment, one p v); masks and start/end gates cost one multiply (gates are compared on the device, so
+no call reads a value back to the host). Keys and values are head-split, moved and cached per
+(rows, device, dtype); resized masks per layer size. On the CPU, where small-key attention is bound
+by per-query costs rather than FLOPs, lone segments under 64 tokens also run as a fused pass and short
+segments (under 16 tokens) are repeated or transposed (see `CPU_SHORT_SEGMENT`, bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -150,58 +156,182 @@ class LayerPlan:
         latent_hw: tuple[int, int] | None = None,
         sigmas: torch.Tensor | None = None,
         attention_fn: Attention4D = sdpa,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The summed image attention for queries `q [r*b, n, c]` (to be added to the text attention).
+        """The summed image attention for queries `q [r*b, n, c]`, added into `out` in place when given.
 
         Args:
             rows: for each of the r equal chunks of the batch, 0 to use the positive image tokens
                 (cond) or 1 for the negative ones (uncond).
             latent_hw: latent height and width, for the exact mask grid at any aspect ratio.
             sigmas: the current sigma per latent `[b]` (or `[r*b]`); needed only by start/end gates.
+            attention_fn: the attention kernel of single segments (segments are fused into one
+                pass only with the default, SDPA).
+            out: contiguous `[r*b, n, c]` to add the image attention to (usually the text
+                attention); a new tensor is returned when None.
         """
-        r = len(rows)
-        total, n, c = q.shape
-        b = total // r
-        qh = rearrange(q.reshape(r, b * n, c), "r m (h d) -> r h m d", h=self.heads)
-        parts = self._kv(rows, q.device, q.dtype)
-        out = None
-        for segment, (kh, vh) in zip(self.segments, parts):
-            o = rearrange(attention_fn(qh, kh, vh), "r h (b n) d -> r b n (h d)", b=b)
-            scale = self._scale(segment, n, latent_hw, sigmas, r, b, q)
+        r, h = len(rows), self.heads
+        b, n = q.shape[0] // r, q.shape[1]
+        if out is None:
+            out = torch.zeros_like(q)
+        qh, oh = _split_heads(q.contiguous(), r, h), _split_heads(out, r, h)  # oh is a view: adding to it adds to out
+        for run in self._runs(rows, q.device, q.dtype, fuse=attention_fn is sdpa):
+            scale = self._scale(run, n, b, r, latent_hw, sigmas, q) if run.masked or run.gated else None
+            if run.kind == SDPA:
+                o = attention_fn(qh, run.k, run.v)
+                if scale is None:
+                    oh.add_(o)
+                else:  # r h b n d
+                    oh.view(r, h, b, n, -1).addcmul_(o.view(r, h, b, n, -1), scale)
+                continue
+            if run.kind == FUSED:  # scores r h (b n) (g s): each segment's softmax along the last axis
+                p = torch.matmul(qh, run.k).view(r, h, b, n, run.groups, -1).softmax(-1)
+            else:  # FUSED_T, scores r h (g s) (b n): the softmax runs down the columns, vectorised over queries
+                p = torch.matmul(run.k, qh.transpose(-1, -2)).view(r, h, run.groups, -1, b, n).softmax(3)
             if scale is not None:
-                o = o * scale
-            out = o if out is None else out + o
-        return out.reshape(total, n, c)
+                p.mul_(scale)
+            if run.kind == FUSED:
+                oh.add_(torch.matmul(p.view(r, h, b * n, -1), run.v))
+            else:
+                oh.add_(torch.matmul(p.view(r, h, -1, b * n).transpose(-1, -2), run.v))
+        return out
 
-    def _kv(self, rows: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> list:
-        key = ("kv", rows, device, dtype)
-        hit = self._cache.get(key)
-        if hit is None:
-            k, v = self.k.to(device, dtype), self.v.to(device, dtype)
-            k = torch.cat([k[i : i + 1] for i in rows])
-            v = torch.cat([v[i : i + 1] for i in rows])
-            hit = [
-                tuple(
-                    rearrange(t[:, s.start : s.stop], "r s (h d) -> r h s d", h=self.heads).contiguous() for t in (k, v)
-                )
-                for s in self.segments
-            ]
-            self._cache[key] = hit
-        return hit
+    def _runs(self, rows: tuple[int, ...], device: torch.device, dtype: torch.dtype, fuse: bool) -> tuple[_Run, ...]:
+        """The attention passes for these rows, device and dtype, with head-split keys and values (cached)."""
+        key = ("runs", rows, device, dtype, fuse)
+        runs = self._cache.get(key)
+        if runs is None:
+            passes = _pass_members(self.segments, fuse)
+            runs = tuple(_Run.build(self, rows, device, dtype, members, fuse) for members in passes)
+            self._cache[key] = runs
+        return runs
 
-    def _scale(self, segment, n, latent_hw, sigmas, r, b, q) -> torch.Tensor | None:
+    def _scale(self, run: _Run, n: int, b: int, r: int, latent_hw, sigmas, q) -> torch.Tensor | None:
+        """Per-query mask times per-latent start/end gate, shaped to multiply the run's output or scores (None: 1)."""
         scale = None
-        if segment.mask is not None:
-            grid = layer_grid(n, latent_hw, aspect=segment.mask.shape[1] / segment.mask.shape[0])
-            key = ("mask", id(segment), grid, q.device, q.dtype)
+        if run.masked:
+            key = ("mask", run.members, n, latent_hw, q.device, q.dtype)
             scale = self._cache.get(key)
             if scale is None:
-                scale = resize_masks(segment.mask[None], grid).to(q.device, q.dtype).reshape(1, 1, n, 1)
+                scale = rearrange(self._resized_masks(run, n, latent_hw, q.device, q.dtype), _MASK_LAYOUT[run.kind])
                 self._cache[key] = scale
-        if segment.sigma_range is not None and sigmas is not None:
-            start, end = segment.sigma_range
+        if run.gated and sigmas is not None:
             s = sigmas.reshape(-1)
-            gate = ((s <= start) & (s >= end)).to(q.dtype)
-            gate = gate.reshape(r, b, 1, 1) if gate.numel() == r * b else gate[:b].reshape(1, -1, 1, 1)
+            s = s.reshape(r, b) if s.numel() == r * b else s[:b].reshape(1, b)
+            start, end = self._sigma_bounds(run, s)
+            g, rr = run.groups, s.shape[0]
+            if run.kind == FUSED_T:  # r 1 g 1 b 1
+                s = s.view(rr, 1, b)
+                gate = ((s <= start) & (s >= end)).to(q.dtype).view(rr, 1, g, 1, b, 1)
+            else:  # r 1 b 1 g 1 (FUSED) or r 1 b 1 1 (SDPA)
+                s = s.view(rr, b, 1)
+                gate = ((s <= start.view(g)) & (s >= end.view(g))).to(q.dtype)
+                gate = gate.view(rr, 1, b, 1, g, 1) if run.kind == FUSED else gate.view(rr, 1, b, 1, 1)
             scale = gate if scale is None else scale * gate
         return scale
+
+    def _sigma_bounds(self, run: _Run, sigmas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-segment (sigma_start, sigma_end) as `[g, 1]` tensors in the sigmas' dtype (always-on segments: ±inf)."""
+        key = ("bounds", run.members, sigmas.device, sigmas.dtype)
+        bounds = self._cache.get(key)
+        if bounds is None:
+            inf = float("inf")
+            ranges = [self.segments[i].sigma_range or (inf, -inf) for i in run.members]
+            bounds = tuple(torch.tensor([[x[j]] for x in ranges], device=sigmas.device, dtype=sigmas.dtype) for j in (0, 1))
+            self._cache[key] = bounds
+        return bounds
+
+    def _resized_masks(self, run: _Run, n: int, latent_hw, device, dtype) -> torch.Tensor:
+        """`[g, n]`: each segment's mask on this layer's grid (ones for a segment without one)."""
+        resized = []
+        for i in run.members:
+            mask = self.segments[i].mask
+            if mask is None:
+                resized.append(torch.ones(n, device=device, dtype=dtype))
+                continue
+            grid = layer_grid(n, latent_hw, aspect=mask.shape[1] / mask.shape[0])
+            resized.append(resize_masks(mask[None], grid)[0].to(device, dtype))
+        return torch.stack(resized)
+
+
+def _split_heads(x: torch.Tensor, r: int, h: int) -> torch.Tensor:
+    """`rearrange(x, "(r b) n (h d) -> r h (b n) d")` as a view of a contiguous `x`.
+
+    Written with view/transpose because this runs on every layer call, where einops' ~10 µs per
+    rearrange is a measurable share of the whole image attention at small latents (bench/RESULTS.md).
+    """
+    return x.view(r, -1, h, x.shape[-1] // h).transpose(1, 2)
+
+
+# passes: which segments run together, and how (choices measured in bench/RESULTS.md)
+
+SDPA, FUSED, FUSED_T = "sdpa", "fused", "fused_t"
+_MASK_LAYOUT = {SDPA: "g n -> 1 1 1 n g", FUSED: "g n -> 1 1 1 n g 1", FUSED_T: "g n -> 1 1 g 1 1 n"}
+FUSE_MAX_TOKENS = 256
+"""Segments of equal length share one pass (one q kᵀ, a softmax per segment, one p v) up to this many tokens."""
+CPU_SHORT_SEGMENT = 16
+"""On the CPU, attention over fewer keys than this is slow (SDPA, and a softmax along a short last axis): a
+lone shorter segment runs on its tokens repeated (a softmax over k equal copies is the same softmax),
+several shorter segments run FUSED_T."""
+CPU_SDPA_FROM = 64
+"""On the CPU, a lone segment shorter than this runs as a FUSED pass of one segment (matmul, softmax,
+matmul): as fast as SDPA on one thread, 5-30% faster on two."""
+
+
+def _pass_members(segments: tuple[_Segment, ...], fuse: bool) -> list[tuple[int, ...]]:
+    """Which segments run together: equal-length segments in one fused pass, any other alone (SDPA)."""
+    if not fuse:
+        return [(i,) for i in range(len(segments))]
+    by_length: dict[int, list[int]] = {}
+    for i, s in enumerate(segments):
+        by_length.setdefault(s.stop - s.start, []).append(i)
+    passes = []
+    for length, members in by_length.items():
+        per_pass = max(1, FUSE_MAX_TOKENS // length)
+        passes += [tuple(members[j : j + per_pass]) for j in range(0, len(members), per_pass)]
+    return passes
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One attention pass over some segments: keys/values head-split for the rows, on the compute device.
+
+    SDPA (one segment, through `attention_fn`): `k`, `v` are `[r, h, s, d]`. FUSED (one or more
+    segments): `k` is `[r, h, d, g*s]`; FUSED_T (several short ones): `k` is `[r, h, g*s, d]`; both are
+    already scaled by 1/sqrt(d), and `v` is `[r, h, g*s, d]`.
+    """
+
+    members: tuple[int, ...]
+    kind: str
+    k: torch.Tensor
+    v: torch.Tensor
+    masked: bool
+    gated: bool
+
+    @property
+    def groups(self) -> int:
+        return len(self.members)
+
+    @staticmethod
+    def build(plan: LayerPlan, rows: tuple[int, ...], device, dtype, members: tuple[int, ...], fuse: bool) -> _Run:
+        segments = [plan.segments[i] for i in members]
+        k, v = (
+            torch.cat([t[list(rows), s.start : s.stop] for s in segments], dim=1).to(device, dtype) for t in (plan.k, plan.v)
+        )
+        k, v = (rearrange(t, "r s (h d) -> r h s d", h=plan.heads) for t in (k, v))
+        length = segments[0].stop - segments[0].start
+        cpu = fuse and torch.device(device).type == "cpu"  # an injected kernel runs every segment as given
+        if len(members) == 1:
+            if cpu and length < CPU_SHORT_SEGMENT:  # each token k times: the same softmax, faster kernels
+                repeat = -(-CPU_SHORT_SEGMENT // length)
+                k, v = (t.repeat_interleave(repeat, dim=2) for t in (k, v))
+                length *= repeat
+            kind = FUSED if cpu and length < CPU_SDPA_FROM else SDPA
+        else:
+            kind = FUSED_T if cpu and length < CPU_SHORT_SEGMENT else FUSED
+        if kind != SDPA:
+            k = k * k.shape[-1] ** -0.5  # the softmax scale, folded into the keys once
+            if kind == FUSED:
+                k = rearrange(k, "r h s d -> r h d s")
+        masked = any(s.mask is not None for s in segments)
+        return _Run(members, kind, k.contiguous(), v.contiguous(), masked, any(s.sigma_range is not None for s in segments))

@@ -8,6 +8,7 @@ chaining creates a new one, `clone()`'s deepcopy shares it, and `.to()` returns 
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -27,6 +28,12 @@ def _text_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_opt
     return attention.optimized_attention(q, k, v, heads)  # 2024 ComfyUI takes no keyword arguments
 
 
+@functools.lru_cache(maxsize=64)
+def _rows(cond_or_uncond: tuple[int, ...]) -> tuple[int, ...]:
+    """ComfyUI's `cond_or_uncond` as plan rows: 0 positive, 1 negative; other guiders' conds use the positive."""
+    return tuple(1 if c == 1 else 0 for c in cond_or_uncond)
+
+
 class IPAKitAttn2:
     """attn2 replace patch: text attention (or the wrapped foreign patch) plus every image term of the layer."""
 
@@ -37,13 +44,16 @@ class IPAKitAttn2:
         self.base = base
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
-        out = self.base(q, k, v, extra_options) if self.base is not None else _text_attention(q, k, v, extra_options)
-        cond_or_uncond = extra_options.get("cond_or_uncond") or (0,)
-        rows = tuple(1 if c == 1 else 0 for c in cond_or_uncond)  # 0 positive, 1 negative; other guiders' conds use the positive
+        if self.base is None:
+            out = _text_attention(q, k, v, extra_options)  # a new tensor: the image attention is added into it in place
+        else:
+            out = self.base(q, k, v, extra_options).clone(memory_format=torch.contiguous_format)  # never write into theirs
+        if not out.is_contiguous():
+            out = out.contiguous()
         shape = extra_options.get("original_shape")
         latent_hw = (shape[-2], shape[-1]) if shape is not None and len(shape) >= 4 else None
-        image = self.plan(q, rows=rows, latent_hw=latent_hw, sigmas=extra_options.get("sigmas"))
-        return out + image.to(out.dtype)
+        return self.plan(q, rows=_rows(tuple(extra_options.get("cond_or_uncond") or (0,))), latent_hw=latent_hw,
+                         sigmas=extra_options.get("sigmas"), out=out)
 
     def extend(self, terms: list[ImageTerm]) -> IPAKitAttn2:
         return IPAKitAttn2(self.plan.extend(terms), self.base)
