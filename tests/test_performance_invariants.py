@@ -1,0 +1,199 @@
+"""Performance invariants of the attention patch, checked without timing anything (timings live in bench/).
+
+- No host syncs: while our patches run inside a real KSampler run (full SD1.5, cfg so cond and uncond
+  share a batch, chained adapters, a mask and a start/end gate), no torch call reads a value back to
+  the host; on the meta device, where any read raises, the installed patches still run.
+- One resident weight copy: N Apply nodes and clones of their models share one loaded adapter, its
+  parameters are never copied, the patch objects hold no adapter weights, and RSS barely grows.
+- Every cross-attention layer is patched: 16 on SD1.5 (the middle block included), 70 on SDXL.
+
+The patches are observed by wrapping each installed patch object in an `Observer` that calls the real
+patch with the real inputs and returns its output untouched.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+
+import pytest
+import torch
+
+import _host
+from tools.torch_probes import SyncRecorder, attn2_patches
+
+APPLY = dict(weight=0.8, weight_type="linear", combine_embeds="concat", start_at=0.0, end_at=1.0, embeds_scaling="V only")
+PLUS_SDXL_SMALL = ("plus_sdxl_vit-h", {"subdir": "ipakit-sdxl-small", "widths": (320,) * 70})
+
+
+class Observer:
+    """Wraps one installed attn2 patch: records the layer key and any host sync while the real patch runs."""
+
+    def __init__(self, patch, key, log: dict):
+        self.patch, self.key, self.log = patch, key, log
+
+    def __call__(self, q, k, v, extra_options):
+        recorder = SyncRecorder()
+        with recorder:
+            out = self.patch(q, k, v, extra_options)
+        self.log["keys"].append(self.key)
+        self.log["syncs"] += recorder.calls
+        return out
+
+    def to(self, *args, **kwargs):  # ComfyUI moves patches to the device and dtype before sampling
+        return Observer(self.patch.to(*args, **kwargs), self.key, self.log)
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def observed(model):
+    """A clone of `model` whose attn2 patches are wrapped in observers, and the log they write."""
+    log = {"keys": [], "syncs": []}
+    clone = model.clone()
+    for key, patch in attn2_patches(model).items():
+        clone.set_model_attn2_replace(Observer(patch, key, log), *key)
+    return clone, log
+
+
+def unet_forward(model, hw=(8, 8), rows=(1, 0)):
+    """One UNet forward as the sampler runs it: one latent per cond/uncond row."""
+    unet = model.model.diffusion_model
+    g = torch.Generator().manual_seed(0)
+    n = len(rows)
+    context_dim = next(m.attn2.to_k.in_features for m in unet.modules() if getattr(m, "attn2", None) is not None)
+    kw = {"y": torch.randn(n, unet.label_emb[0][0].in_features, generator=g)} if hasattr(unet, "label_emb") else {}
+    options = dict(model.model_options.get("transformer_options", {}))
+    options.update(cond_or_uncond=list(rows), sigmas=torch.ones(1), original_shape=[n, 4, *hw])
+    with torch.inference_mode():
+        return unet(torch.randn(n, 4, *hw, generator=g), timesteps=torch.full((n,), 500.0),
+                    context=torch.randn(n, 77, context_dim, generator=g), transformer_options=options, **kw)
+
+
+def attn2_layers(model) -> int:
+    return sum(1 for m in model.model.diffusion_model.modules() if getattr(m, "attn2", None) is not None)
+
+
+def rss_mib() -> float:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so RSS shows what is still held
+    except (OSError, AttributeError):
+        pass
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+class Setup:
+    def __init__(self, comfy):
+        self.comfy = comfy
+        self.model, self.clip, _ = comfy.outputs("CheckpointLoaderSimple", ckpt_name=_host.SD15_CHECKPOINT)
+        self.clip_vision = comfy.outputs("CLIPVisionLoader", clip_name=_host.VIT_H)[0]
+        self.plus = comfy.outputs("IPAKitModelLoader", ipadapter_file="ip-adapter-plus_sd15.safetensors")[0]
+        self.base = comfy.outputs("IPAKitModelLoader", ipadapter_file="ip-adapter_sd15.safetensors")[0]
+        self.image = torch.rand(1, 224, 224, 3, generator=torch.Generator().manual_seed(0))
+        # one ViT-H encode serves every apply below: the pack's encoder cache remembers this image
+        self.embeds = comfy.outputs("IPAKitEncode", ipadapter=self.plus, image=self.image, clip_vision=self.clip_vision)[0]
+
+    def apply(self, model, adapter=None, **kw):
+        args = dict(APPLY, clip_vision=self.clip_vision)
+        args.update(kw)
+        return self.comfy.outputs("IPAKitApply", model=model, ipadapter=adapter or self.plus, image=self.image, **args)[0]
+
+
+@pytest.fixture(scope="module")
+def setup(comfy, models_dir):
+    s = Setup(comfy)
+    yield s
+    del s
+    _host.free_memory()
+
+
+def test_no_host_syncs_in_the_patch_during_sampling(setup, comfy):
+    with SyncRecorder() as probe:  # the recorder itself sees the kind of read the incumbent does per layer
+        torch.ones(1).cpu().item()
+    assert probe.calls == ["cpu", "item"]
+
+    mask = torch.zeros(1, 64, 64)
+    mask[:, :, :32] = 1
+    model = setup.apply(setup.model, start_at=0.0, end_at=0.6, attn_mask=mask)  # gated and masked
+    model = setup.apply(model)  # chained: fused with the first (same token count)
+    model = setup.apply(model, adapter=setup.base)  # another length: its own pass
+    watched, log = observed(model)
+    pos = comfy.outputs("CLIPTextEncode", text="a photo of a cat", clip=setup.clip)[0]
+    neg = comfy.outputs("CLIPTextEncode", text="blurry", clip=setup.clip)[0]
+    latent = comfy.outputs("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
+    out = comfy.outputs("KSampler", model=watched, seed=1, steps=2, cfg=7.0, sampler_name="euler", scheduler="normal",
+                        positive=pos, negative=neg, latent_image=latent, denoise=1.0)[0]["samples"]
+    assert torch.isfinite(out).all()
+    assert len(log["keys"]) >= 2 * 16  # every layer, every step (cond and uncond in one batch)
+    assert log["syncs"] == [], f"host syncs inside the patch: {sorted(set(log['syncs']))}"
+
+    # on the meta device every value read raises: the installed patches run there all the same
+    with torch.inference_mode():
+        for key, patch in attn2_patches(model).items():
+            meta = patch.to(torch.device("meta"))
+            heads = meta.plan.heads
+            c = meta.plan.k.shape[-1]
+            q = torch.empty(2, 16, c, device="meta")
+            text = torch.empty(2, 77, c, device="meta")
+            options = {"n_heads": heads, "cond_or_uncond": [1, 0], "sigmas": torch.empty(1, device="meta"),
+                       "original_shape": [2, 4, 4, 4]}
+            assert meta(q, text, text, options).shape == q.shape, key
+
+
+def test_one_resident_weight_copy_across_apply_nodes_and_clones(setup, comfy):
+    loaded_adapter = type(setup.plus.adapter)  # the class of the pack as ComfyUI imported it
+    name = "ip-adapter-plus_sd15.safetensors"
+    again = comfy.outputs("IPAKitModelLoader", ipadapter_file=name)[0]
+    assert again.adapter is setup.plus.adapter  # one loaded adapter per file
+    first = setup.apply(setup.model)  # the adapter is now in its compute dtype on its device
+    params = {p.data_ptr(): p.numel() * p.element_size() for p in setup.plus.adapter.model.parameters()}
+    before = rss_mib()
+
+    models = [first]
+    for _ in range(4):
+        models.append(setup.apply(models[-1]))
+        models += [models[-1].clone(), models[-1].clone()]
+    grown = rss_mib() - before
+
+    assert {p.data_ptr() for p in setup.plus.adapter.model.parameters()} == set(params)  # never copied or moved
+    alive = [o for o in gc.get_objects() if type(o) is loaded_adapter and o.path.name == name]
+    assert len(alive) == 1
+    held: dict[int, int] = {}
+    for m in models:
+        for patch in attn2_patches(m).values():
+            plan = patch.plan
+            for t in (plan.k, plan.v, *(s.mask for s in plan.segments if s.mask is not None)):
+                held[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    assert not set(held) & set(params)  # patch objects hold keys/values, no adapter weights
+    assert sum(held.values()) < 0.5 * sum(params.values())
+    clone = models[-1].clone()
+    assert all(attn2_patches(clone)[k] is p for k, p in attn2_patches(models[-1]).items())  # clones share the patch objects
+    assert grown < 128, f"RSS grew {grown:.0f} MiB for 4 more Apply nodes and 8 clones"
+
+
+def test_the_patch_runs_on_all_16_sd15_layers(setup):
+    model, log = observed(setup.apply(setup.model))
+    unet_forward(model)
+    assert attn2_layers(setup.model) == 16
+    assert len(set(log["keys"])) == 16 and len(log["keys"]) == 16
+    assert ("middle", 0, 0) in log["keys"]
+
+
+def test_the_patch_runs_on_all_70_sdxl_layers(setup, comfy, models_dir):
+    path = _host.ensure_ipadapter(PLUS_SDXL_SMALL[0], models_dir, **PLUS_SDXL_SMALL[1])
+    adapter = comfy.outputs("IPAKitModelLoader", ipadapter_file=f"{PLUS_SDXL_SMALL[1]['subdir']}/{path.name}")[0]
+    sdxl = comfy.outputs("CheckpointLoaderSimple", ckpt_name=_host.SDXL_SMALL_CHECKPOINT)[0]
+    try:
+        # the SD1.5 plus embeds are ViT-H penultimate features: exactly what this adapter reads
+        patched = comfy.outputs("IPAKitApplyEmbeds", model=sdxl, ipadapter=adapter, embeds=setup.embeds, **APPLY)[0]
+        model, log = observed(patched)
+        unet_forward(model)
+        assert attn2_layers(sdxl) == 70
+        assert len(set(log["keys"])) == 70 and len(log["keys"]) == 70
+        assert {k for k in log["keys"] if k[0] == "middle"} == {("middle", 0, i) for i in range(10)}
+        assert log["syncs"] == []
+    finally:
+        del sdxl
+        _host.free_memory()

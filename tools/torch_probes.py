@@ -1,0 +1,74 @@
+"""Observation helpers shared by the performance tests and the benchmarks (never imported by the pack).
+
+- `SyncRecorder`: a TorchFunctionMode that records every torch call in its scope that reads a tensor
+  value back to the host (a device sync on a GPU).
+- `attn2_patches(model)`: the attn2 replace patches installed on a ComfyUI ModelPatcher.
+- `held_tensors(patches)`: the tensor storages our patch objects keep alive (plans and their caches).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+SYNC_NAMES = frozenset({
+    "item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__", "__complex__",
+    "nonzero", "argwhere", "equal", "is_nonzero", "allclose", "unique", "masked_select", "bincount",
+})
+
+
+class SyncRecorder(TorchFunctionMode):
+    """Records the torch calls in its scope that read a tensor value on the host, by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        if name in SYNC_NAMES:
+            self.calls.append(name)
+        elif name == "__getitem__" and len(args) > 1 and _has_bool_index(args[1]):
+            self.calls.append("boolean-mask indexing")
+        elif name == "to" and args[0].device.type != "cpu" and any(_is_cpu(a) for a in (*args[1:], *kwargs.values())):
+            self.calls.append("to(cpu)")
+        return func(*args, **kwargs)
+
+
+def _has_bool_index(index) -> bool:
+    items = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
+
+
+def _is_cpu(x) -> bool:
+    return (isinstance(x, str) and x.startswith("cpu")) or (isinstance(x, torch.device) and x.type == "cpu")
+
+
+def attn2_patches(model) -> dict:
+    """`{layer key: patch}` of the attn2 replace patches on a ComfyUI ModelPatcher."""
+    return model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+
+
+def held_tensors(patches) -> dict[int, int]:
+    """Storage pointer -> bytes of every tensor our patch objects keep (plans, masks, caches); meta tensors skipped."""
+    held: dict[int, int] = {}
+
+    def visit(x):
+        if isinstance(x, torch.Tensor):
+            if x.device.type != "meta":
+                held[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+        elif isinstance(x, (list, tuple)):
+            for y in x:
+                visit(y)
+        elif isinstance(x, dict):
+            for y in x.values():
+                visit(y)
+        elif hasattr(x, "__dataclass_fields__"):
+            for f in x.__dataclass_fields__:
+                visit(getattr(x, f))
+
+    for patch in patches:
+        plan = patch.plan
+        visit([plan.k, plan.v, [s.mask for s in plan.segments], plan._cache])
+    return held
