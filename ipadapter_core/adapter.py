@@ -17,6 +17,7 @@ from .projection import (
     FaceIDProjModel,
     FullFaceProjModel,
     ImageProjModel,
+    Linear,
     Resampler,
 )
 from .spec import AdapterKind, AdapterSpec
@@ -27,8 +28,8 @@ class KVProjection(nn.Module):
 
     def __init__(self, cross: int, width: int) -> None:
         super().__init__()
-        self.to_k_ip = nn.Linear(cross, width, bias=False)
-        self.to_v_ip = nn.Linear(cross, width, bias=False)
+        self.to_k_ip = Linear(cross, width, bias=False)
+        self.to_v_ip = Linear(cross, width, bias=False)
 
 
 class IPAdapterModel(nn.Module):

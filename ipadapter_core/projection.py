@@ -19,6 +19,20 @@ HEAD_DIM = 64  # every published perceiver uses 64-wide heads; heads = to_q rows
 # layers
 
 
+class Linear(nn.Linear):
+    """nn.Linear without the random init: every weight comes from the checkpoint (strict load, assigned)."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm without the init, for the same reason."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
 class PerceiverAttention(nn.Module):
     """Latents attend to the image features and to themselves (keys from both)."""
 
@@ -26,11 +40,11 @@ class PerceiverAttention(nn.Module):
         super().__init__()
         inner = heads * HEAD_DIM
         self.heads = heads
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
-        self.to_out = nn.Linear(inner, dim, bias=False)
+        self.norm1 = LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
+        self.to_q = Linear(dim, inner, bias=False)
+        self.to_kv = Linear(dim, 2 * inner, bias=False)
+        self.to_out = Linear(inner, dim, bias=False)
 
     def forward(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         x = self.norm1(x)
@@ -47,10 +61,10 @@ class PerceiverAttention(nn.Module):
 def feed_forward(dim: int, mult: int = 4) -> nn.Sequential:
     """LayerNorm -> Linear -> GELU -> Linear, bias-free (keys .0, .1, .3)."""
     return nn.Sequential(
-        nn.LayerNorm(dim),
-        nn.Linear(dim, dim * mult, bias=False),
+        LayerNorm(dim),
+        Linear(dim, dim * mult, bias=False),
         nn.GELU(),
-        nn.Linear(dim * mult, dim, bias=False),
+        Linear(dim * mult, dim, bias=False),
     )
 
 
@@ -59,9 +73,9 @@ class PerceiverStack(nn.Module):
 
     def __init__(self, *, dim: int, depth: int, heads: int, in_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.proj_in = nn.Linear(in_dim, dim)
-        self.proj_out = nn.Linear(dim, out_dim)
-        self.norm_out = nn.LayerNorm(out_dim)
+        self.proj_in = Linear(in_dim, dim)
+        self.proj_out = Linear(dim, out_dim)
+        self.norm_out = LayerNorm(out_dim)
         self.layers = nn.ModuleList(
             nn.ModuleList([PerceiverAttention(dim, heads), feed_forward(dim)]) for _ in range(depth)
         )
@@ -83,8 +97,8 @@ class ImageProjModel(nn.Module):
     def __init__(self, *, in_dim: int, dim: int, tokens: int) -> None:
         super().__init__()
         self.tokens = tokens
-        self.proj = nn.Linear(in_dim, tokens * dim)
-        self.norm = nn.LayerNorm(dim)
+        self.proj = Linear(in_dim, tokens * dim)
+        self.norm = LayerNorm(dim)
 
     def forward(self, embeds: torch.Tensor) -> torch.Tensor:
         """[b, in_dim] -> [b, tokens, dim]."""
@@ -96,7 +110,7 @@ class FullFaceProjModel(nn.Module):
 
     def __init__(self, *, in_dim: int, dim: int) -> None:
         super().__init__()
-        self.proj = nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, dim), nn.LayerNorm(dim))
+        self.proj = nn.Sequential(Linear(in_dim, in_dim), nn.GELU(), Linear(in_dim, dim), LayerNorm(dim))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """[b, n, in_dim] -> [b, n, dim]."""
@@ -121,8 +135,8 @@ class FaceIDProjModel(nn.Module):
     def __init__(self, *, in_dim: int, hidden: int, dim: int, tokens: int) -> None:
         super().__init__()
         self.tokens = tokens
-        self.proj = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, tokens * dim))
-        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Sequential(Linear(in_dim, hidden), nn.GELU(), Linear(hidden, tokens * dim))
+        self.norm = LayerNorm(dim)
 
     def forward(self, face: torch.Tensor) -> torch.Tensor:
         """[b, in_dim] -> [b, tokens, dim]."""
@@ -139,8 +153,8 @@ class FaceIDPlusProjModel(nn.Module):
     def __init__(self, *, face_dim: int, hidden: int, dim: int, tokens: int, clip_dim: int, depth: int, heads: int) -> None:
         super().__init__()
         self.tokens = tokens
-        self.proj = nn.Sequential(nn.Linear(face_dim, hidden), nn.GELU(), nn.Linear(hidden, tokens * dim))
-        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Sequential(Linear(face_dim, hidden), nn.GELU(), Linear(hidden, tokens * dim))
+        self.norm = LayerNorm(dim)
         self.perceiver_resampler = PerceiverStack(dim=dim, depth=depth, heads=heads, in_dim=clip_dim, out_dim=dim)
 
     def forward(self, face: torch.Tensor, clip: torch.Tensor, *, shortcut: bool, shortcut_scale: float = 1.0) -> torch.Tensor:
