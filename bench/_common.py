@@ -1,0 +1,262 @@
+"""Shared helpers of the benchmarks: boot the in-process ComfyUI host, build the cases, time, report.
+
+Every script runs on the random-weight models of `.cache/models` (made by tools/gen_comfy_models.py
+and tools/gen_ipadapter.py when missing), in-process ComfyUI on the CPU with pytorch attention, the
+same host the tests use. Nothing here is imported by the pack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = REPO / ".cache" / "models"
+OUT = REPO / "bench" / "out"
+SD15 = "ipakit-random-sd15.safetensors"
+SDXL_SMALL = "ipakit-random-sdxl-small.safetensors"
+VIT_H = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+ADAPTERS = {  # label -> (gen_ipadapter variant, subfolder, generator options)
+    "base": ("sd15", None, {}),
+    "plus": ("plus_sd15", None, {}),
+    "plus_sdxl_small": ("plus_sdxl_vit-h", "ipakit-sdxl-small", {"widths": (320,) * 70}),
+    "plus_sdxl_full": ("plus_sdxl_vit-h", None, {}),
+}
+APPLY = dict(weight=0.8, weight_type="linear", combine_embeds="concat", start_at=0.0, end_at=1.0, embeds_scaling="V only")
+
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))  # after ComfyUI's folder, which comfy_host puts first (the pack's nodes/ must not shadow it)
+
+
+# setup
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2, the cores of the reference machine)")
+    p.add_argument("--json", type=Path, default=None, help="also write the raw figures here (default bench/out/<script>.json)")
+    return p
+
+
+def setup_torch(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+
+
+def ensure_models(*adapters: str) -> None:
+    """Generate the random ComfyUI models and the named adapters when the cache lacks them."""
+    needed = {"sd15": f"checkpoints/{SD15}", "sdxl-small": f"checkpoints/{SDXL_SMALL}", "vit-h": f"clip_vision/{VIT_H}"}
+    missing = [name for name, rel in needed.items() if not (MODELS / rel).exists()]
+    if missing:
+        cmd = [sys.executable, "-m", "tools.gen_comfy_models", "--out", str(MODELS), "--only", *missing]
+        subprocess.run(cmd, cwd=REPO, check=True)
+    for label in adapters:
+        adapter_path(label)
+
+
+def adapter_path(label: str) -> Path:
+    from tools import gen_ipadapter
+
+    variant, sub, kw = ADAPTERS[label]
+    folder = MODELS / "ipadapter" / sub if sub else MODELS / "ipadapter"
+    return Path(gen_ipadapter.ensure_checkpoint(variant, folder, **kw))
+
+
+def adapter_name(label: str) -> str:
+    sub = ADAPTERS[label][1]
+    return f"{sub}/{adapter_path(label).name}" if sub else adapter_path(label).name
+
+
+def boot(threads: int):
+    """The in-process ComfyUI host with the pack loaded (one per process)."""
+    import tempfile
+
+    setup_torch(threads)
+    from tools import comfy_host
+
+    host = comfy_host.boot(MODELS, output_dir=Path(tempfile.mkdtemp(prefix="ipakit-bench-")))
+    setup_torch(threads)  # ComfyUI's import may have changed it
+    return host
+
+
+def pack_module(host, name: str):
+    """A module of the pack as ComfyUI loaded it, e.g. `nodes._patch`."""
+    return sys.modules[f"{host.pack.__name__}.{name}"]
+
+
+def attn2_patches(model) -> dict:
+    from tools.torch_probes import attn2_patches as installed
+
+    return installed(model)
+
+
+# one UNet forward, the way the sampler calls it
+
+
+class Forward:
+    """Fixed inputs for `diffusion_model(x, t, context, transformer_options)`: one latent per cond/uncond row."""
+
+    def __init__(self, model, size: int, rows=(0, 1), batch: int = 1, sigma: float = 1.0, seed: int = 0):
+        import torch
+
+        unet = model.model.diffusion_model
+        context_dim = next(m.attn2.to_k.in_features for m in unet.modules() if getattr(m, "attn2", None) is not None)
+        g = torch.Generator().manual_seed(seed)
+        n = len(rows) * batch
+        self.hw = (size // 8, size // 8)
+        self.x = torch.randn(n, 4, *self.hw, generator=g)
+        self.t = torch.full((n,), 500.0)
+        self.context = torch.randn(n, 77, context_dim, generator=g)
+        adm = getattr(unet, "adm_in_channels", None) or getattr(unet, "num_classes", None)
+        self.y = torch.randn(n, unet.label_emb[0][0].in_features, generator=g) if adm is not None and hasattr(unet, "label_emb") else None
+        self.rows, self.batch, self.sigma = list(rows), batch, sigma
+
+    def options(self, model) -> dict:
+        import torch
+
+        options = dict(model.model_options.get("transformer_options", {}))
+        options.update(cond_or_uncond=list(self.rows), sigmas=torch.full((self.batch,), float(self.sigma)),
+                       original_shape=list(self.x.shape))
+        return options
+
+    def __call__(self, model):
+        import torch
+
+        kw = {} if self.y is None else {"y": self.y}
+        with torch.inference_mode():
+            return model.model.diffusion_model(self.x, timesteps=self.t, context=self.context,
+                                               transformer_options=self.options(model), **kw)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(plain, patched, pairs: int, warmup: int = 1) -> tuple[list[float], list[float], list[float]]:
+    """Times of `plain()` and `patched()` run alternately (order flipped every pair); also the per-pair ratios."""
+    for _ in range(warmup):
+        plain(), patched()
+    a, b, ratio = [], [], []
+    for i in range(pairs):
+        if i % 2 == 0:
+            ta, tb = timed(plain), timed(patched)
+        else:
+            tb, ta = timed(patched), timed(plain)
+        a.append(ta)
+        b.append(tb)
+        ratio.append(tb / ta - 1.0)
+        gc.collect()
+    return a, b, ratio
+
+
+def stats(xs: list[float]) -> tuple[float, float, float]:
+    return min(xs), statistics.median(xs), max(xs)
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# FLOPs
+
+
+def unet_flops(forward: Forward, model) -> float:
+    """FLOPs of one unpatched UNet forward (matmuls, convs, CPU SDPA) by torch's FlopCounterMode.
+
+    Counted on a meta-device replica built from the model's config, so no real forward is spent on it.
+    """
+    import comfy.ops
+    import torch
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def sdpa_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs):
+        b, h, n, d = q_shape
+        return 4 * b * h * n * k_shape[2] * d
+
+    config = {k: v for k, v in model.model.model_config.unet_config.items() if k != "disable_unet_model_creation"}
+    with torch.device("meta"):
+        unet = UNetModel(**config, device="meta", operations=comfy.ops.disable_weight_init)
+    meta = lambda t: None if t is None else t.to("meta")  # noqa: E731
+    kw = {} if forward.y is None else {"y": meta(forward.y)}
+    options = {k: v for k, v in forward.options(model).items() if k != "patches_replace"}
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: sdpa_flops,
+               torch.ops.aten._scaled_dot_product_efficient_attention: sdpa_flops,
+               torch.ops.aten._scaled_dot_product_flash_attention: sdpa_flops}
+    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        unet(meta(forward.x), timesteps=meta(forward.t), context=meta(forward.context), transformer_options=options, **kw)
+    return float(counter.get_total_flops())
+
+
+def patch_flops(patches: dict, queries: dict, latent_batch_rows: int) -> float:
+    """Arithmetic cost of the image terms: q kᵀ and p v (2·2·n·s·c each) plus softmax and the add, per layer."""
+    total = 0.0
+    for key, patch in patches.items():
+        n, c = queries[key]
+        s = patch.plan.num_tokens
+        m = latent_batch_rows * n
+        total += 4 * m * s * c + 5 * m * s * patch.plan.heads + m * c
+    return total
+
+
+# reporting
+
+
+def machine() -> str:
+    import torch
+
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu or platform.processor()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [[str(h) for h in headers]] + [[c if isinstance(c, str) else f"{c}" for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells[1:]])
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:+.3f}%"
+
+
+def report(name: str, args, text: str, data: dict) -> None:
+    """Print the table and keep the raw figures under bench/out/."""
+    header = f"# {name}  ({datetime.datetime.now().isoformat(timespec='seconds')})\n# {machine()}\n# {' '.join(sys.argv)}\n"
+    print(header + text, flush=True)
+    path = args.json or OUT / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"name": name, "machine": machine(), "argv": sys.argv, "when": datetime.datetime.now().isoformat(),
+                                "figures": data}, indent=1, default=str))
+    (path.with_suffix(".txt")).write_text(header + text + "\n")
