@@ -57,6 +57,7 @@ def comfy(models_dir, tmp_path_factory):
 def server(models_dir, tmp_path_factory):
     from tools import comfy_host
 
+    release_shared_models()  # the in-process tests are done with them; the server loads its own
     handle = comfy_host.start_server(None, models_dir, work_dir=tmp_path_factory.mktemp("comfy-server"))
     yield handle
     handle.stop()
@@ -70,22 +71,48 @@ def client(server):
         yield c
 
 
-# models loaded once per session and shared by the in-process test modules (a full SD1.5 is 3.4 GB in fp32)
+# models loaded once and shared by the in-process test modules (a full SD1.5 is 3.4 GB in fp32). The
+# fixtures are module-scoped views of one session cache, so `release_shared_models()` can drop the last
+# reference before the server tests start servers of their own (the three processes together would not
+# fit in CI's memory otherwise).
 
 
-@pytest.fixture(scope="session")
+class SharedModels:
+    """name -> loaded models, loaded on first use; `clear()` lets them go."""
+
+    def __init__(self):
+        self.loaded: dict[str, tuple] = {}
+
+    def get(self, name: str, load):
+        if name not in self.loaded:
+            self.loaded[name] = load()
+        return self.loaded[name]
+
+    def clear(self) -> None:
+        self.loaded.clear()
+        _host.free_memory()
+
+
+_SHARED = SharedModels()
+
+
+def release_shared_models() -> None:
+    _SHARED.clear()
+
+
+@pytest.fixture(scope="module")
 def sd15_checkpoint(comfy):
     """(MODEL, CLIP, VAE) of the random full-architecture SD1.5 checkpoint."""
-    return comfy.outputs("CheckpointLoaderSimple", ckpt_name=_host.SD15_CHECKPOINT)
+    return _SHARED.get("sd15", lambda: comfy.outputs("CheckpointLoaderSimple", ckpt_name=_host.SD15_CHECKPOINT))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def sdxl_small_checkpoint(comfy):
     """(MODEL, CLIP, VAE) of the random SDXL checkpoint with the real 70-layer attention layout."""
-    return comfy.outputs("CheckpointLoaderSimple", ckpt_name=_host.SDXL_SMALL_CHECKPOINT)
+    return _SHARED.get("sdxl", lambda: comfy.outputs("CheckpointLoaderSimple", ckpt_name=_host.SDXL_SMALL_CHECKPOINT))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vit_h(comfy):
     """The random ViT-H/14 CLIP vision model."""
-    return comfy.outputs("CLIPVisionLoader", clip_name=_host.VIT_H)[0]
+    return _SHARED.get("vit_h", lambda: comfy.outputs("CLIPVisionLoader", clip_name=_host.VIT_H)[0])

@@ -85,10 +85,10 @@ def rss_mib() -> float:
 
 
 class Setup:
-    def __init__(self, comfy):
+    def __init__(self, comfy, sd15_checkpoint, vit_h):
         self.comfy = comfy
-        self.model, self.clip, _ = comfy.outputs("CheckpointLoaderSimple", ckpt_name=_host.SD15_CHECKPOINT)
-        self.clip_vision = comfy.outputs("CLIPVisionLoader", clip_name=_host.VIT_H)[0]
+        self.model, self.clip, _ = sd15_checkpoint
+        self.clip_vision = vit_h
         self.plus = comfy.outputs("IPAKitModelLoader", ipadapter_file="ip-adapter-plus_sd15.safetensors")[0]
         self.base = comfy.outputs("IPAKitModelLoader", ipadapter_file="ip-adapter_sd15.safetensors")[0]
         self.image = torch.rand(1, 224, 224, 3, generator=torch.Generator().manual_seed(0))
@@ -102,8 +102,8 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(comfy, models_dir):
-    s = Setup(comfy)
+def setup(comfy, models_dir, sd15_checkpoint, vit_h):
+    s = Setup(comfy, sd15_checkpoint, vit_h)
     yield s
     del s
     _host.free_memory()
@@ -181,19 +181,15 @@ def test_the_patch_runs_on_all_16_sd15_layers(setup):
     assert ("middle", 0, 0) in log["keys"]
 
 
-def test_the_patch_runs_on_all_70_sdxl_layers(setup, comfy, models_dir):
+def test_the_patch_runs_on_all_70_sdxl_layers(setup, comfy, models_dir, sdxl_small_checkpoint):
     path = _host.ensure_ipadapter(PLUS_SDXL_SMALL[0], models_dir, **PLUS_SDXL_SMALL[1])
     adapter = comfy.outputs("IPAKitModelLoader", ipadapter_file=f"{PLUS_SDXL_SMALL[1]['subdir']}/{path.name}")[0]
-    sdxl = comfy.outputs("CheckpointLoaderSimple", ckpt_name=_host.SDXL_SMALL_CHECKPOINT)[0]
-    try:
-        # the SD1.5 plus embeds are ViT-H penultimate features: exactly what this adapter reads
-        patched = comfy.outputs("IPAKitApplyEmbeds", model=sdxl, ipadapter=adapter, embeds=setup.embeds, **APPLY)[0]
-        model, log = observed(patched)
-        unet_forward(model)
-        assert attn2_layers(sdxl) == 70
-        assert len(set(log["keys"])) == 70 and len(log["keys"]) == 70
-        assert {k for k in log["keys"] if k[0] == "middle"} == {("middle", 0, i) for i in range(10)}
-        assert log["syncs"] == []
-    finally:
-        del sdxl
-        _host.free_memory()
+    sdxl = sdxl_small_checkpoint[0]
+    # the SD1.5 plus embeds are ViT-H penultimate features: exactly what this adapter reads
+    patched = comfy.outputs("IPAKitApplyEmbeds", model=sdxl, ipadapter=adapter, embeds=setup.embeds, **APPLY)[0]
+    model, log = observed(patched)
+    unet_forward(model)
+    assert attn2_layers(sdxl) == 70
+    assert len(set(log["keys"])) == 70 and len(log["keys"]) == 70
+    assert {k for k in log["keys"] if k[0] == "middle"} == {("middle", 0, i) for i in range(10)}
+    assert log["syncs"] == []
