@@ -102,3 +102,7 @@ def free_memory() -> None:
         mm.unload_all_models()
         mm.soft_empty_cache()
     gc.collect()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand the freed heap back, or RSS keeps every model ever loaded
