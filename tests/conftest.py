@@ -57,7 +57,6 @@ def comfy(models_dir, tmp_path_factory):
 def server(models_dir, tmp_path_factory):
     from tools import comfy_host
 
-    release_shared_models()  # the in-process tests are done with them; the server loads its own
     handle = comfy_host.start_server(None, models_dir, work_dir=tmp_path_factory.mktemp("comfy-server"))
     yield handle
     handle.stop()
@@ -72,9 +71,10 @@ def client(server):
 
 
 # models loaded once and shared by the in-process test modules (a full SD1.5 is 3.4 GB in fp32). The
-# fixtures are module-scoped views of one session cache, so `release_shared_models()` can drop the last
-# reference before the server tests start servers of their own (the three processes together would not
-# fit in CI's memory otherwise).
+# fixtures are module-scoped views of one session cache, so the cache can drop the last reference: it
+# does before every test that uses the server (the server and the main job's server load models of
+# their own, and the three processes together would not fit in CI's memory otherwise); an in-process
+# test after that loads them again.
 
 
 class SharedModels:
@@ -98,6 +98,11 @@ _SHARED = SharedModels()
 
 def release_shared_models() -> None:
     _SHARED.clear()
+
+
+def pytest_runtest_setup(item):
+    if "server" in getattr(item, "fixturenames", ()) and _SHARED.loaded:
+        release_shared_models()
 
 
 @pytest.fixture(scope="module")
