@@ -95,12 +95,6 @@ def pack_module(host, name: str):
     return sys.modules[f"{host.pack.__name__}.{name}"]
 
 
-def attn2_patches(model) -> dict:
-    from tools.torch_probes import attn2_patches as installed
-
-    return installed(model)
-
-
 # one UNet forward, the way the sampler calls it
 
 
@@ -164,14 +158,6 @@ def interleaved(plain, patched, pairs: int, warmup: int = 1) -> tuple[list[float
 
 def stats(xs: list[float]) -> tuple[float, float, float]:
     return min(xs), statistics.median(xs), max(xs)
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def peak_rss_mib() -> float:

@@ -11,11 +11,10 @@ import time
 import weakref
 
 import torch
-from _common import attn2_patches
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from tools.torch_probes import SyncRecorder
+from tools.torch_probes import SyncRecorder, attn2_patches
 
 
 class Stats:

@@ -11,12 +11,13 @@ shows what stays alive; the peak is sampled during each node.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import threading
 import time
 
 import _common as C
+
+from tools.torch_probes import attn2_patches, held_tensors, resident_mib, rss_mib
 
 
 def main(argv=None) -> None:
@@ -28,8 +29,6 @@ def main(argv=None) -> None:
     host = C.boot(args.threads)
     import torch
 
-    from tools.torch_probes import held_tensors
-
     model, clip, _ = host.outputs("CheckpointLoaderSimple", ckpt_name=C.SD15)
     clip_vision = host.outputs("CLIPVisionLoader", clip_name=C.VIT_H)[0]
     pos = host.outputs("CLIPTextEncode", text="a photo of a cat", clip=clip)[0]
@@ -39,11 +38,11 @@ def main(argv=None) -> None:
     gen = torch.Generator().manual_seed(0)
 
     rows = []
-    start_rss = resident()
+    start_rss = resident_mib()
     rows.append(["SD1.5 + ViT-H loaded", f"{start_rss:.0f}", "+0", "-", ""])
 
     adapter, peak = with_peak(lambda: host.outputs("IPAKitModelLoader", ipadapter_file=C.adapter_name(args.adapter))[0])
-    loaded = resident()
+    loaded = resident_mib()
     rows.append([f"+ IPAKitModelLoader ({C.adapter_name(args.adapter)})", f"{loaded:.0f}", f"{loaded - start_rss:+.0f}",
                  f"{peak - start_rss:+.0f}", f"file {C.adapter_path(args.adapter).stat().st_size / 2**20:.0f} MiB"])
     chain = [model]
@@ -52,17 +51,17 @@ def main(argv=None) -> None:
         out, peak = with_peak(lambda: host.outputs("IPAKitApply", model=chain[-1], ipadapter=adapter, image=image,
                                                    clip_vision=clip_vision, **C.APPLY)[0])
         chain.append(out)
-        now = resident()
+        now = resident_mib()
         note = "adapter -> fp32 compute dtype" if i == 0 else ""
         rows.append([f"+ IPAKitApply #{i + 1} (chained)", f"{now:.0f}", f"{now - start_rss:+.0f}", f"{peak - start_rss:+.0f}", note])
-    applied = resident()
+    applied = resident_mib()
     clones = [m.clone() for m in chain[1:] for _ in range(2)]
-    now = resident()
+    now = resident_mib()
     rows.append([f"+ {len(clones)} clones of the patched models", f"{now:.0f}", f"{now - start_rss:+.0f}", "-", ""])
     samples, peak = with_peak(lambda: host.outputs(
         "KSampler", model=chain[-1], seed=1, steps=1, cfg=7.0, sampler_name="euler", scheduler="normal", positive=pos,
         negative=neg, latent_image=latent, denoise=1.0))
-    sampled = resident()
+    sampled = resident_mib()
     rows.append(["+ KSampler 64 px, 1 step (plans cache their keys/values)", f"{sampled:.0f}", f"{sampled - start_rss:+.0f}",
                  f"{peak - start_rss:+.0f}", ""])
 
@@ -71,7 +70,7 @@ def main(argv=None) -> None:
     live_adapters = sum(1 for o in gc.get_objects() if type(o) is loaded_cls)
     live_modules = sum(1 for o in gc.get_objects() if type(o) is model_cls)
     params = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in adapter.adapter.model.parameters()}
-    held = held_tensors(p for m in chain[1:] for p in C.attn2_patches(m).values())
+    held = held_tensors(p for m in chain[1:] for p in attn2_patches(m).values())
     shared = bool(set(held) & set(params))
     summary = [
         ["LoadedAdapter objects alive", live_adapters],
@@ -88,23 +87,14 @@ def main(argv=None) -> None:
     C.report(f"memory_{args.adapter}", args, text, {"rows": rows, "summary": summary, "samples": str(type(samples))})
 
 
-def resident() -> float:
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    return C.rss_mib()
-
-
 def with_peak(fn, interval: float = 0.002):
-    peak = C.rss_mib()
+    peak = rss_mib()
     done = threading.Event()
 
     def sample():
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, C.rss_mib())
+            peak = max(peak, rss_mib())
             time.sleep(interval)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -114,7 +104,7 @@ def with_peak(fn, interval: float = 0.002):
     finally:
         done.set()
         thread.join()
-    return out, max(peak, C.rss_mib())
+    return out, max(peak, rss_mib())
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def main(argv=None) -> None:
     import _probe as P
     import torch
 
-    from tools.torch_probes import held_tensors
+    from tools.torch_probes import attn2_patches, held_tensors
 
     P.install_text_timer()
     if args.family == "sdxl-full":
@@ -84,7 +84,7 @@ def main(argv=None) -> None:
         plain_times: list[float] = []
         for name in cases:
             patched = models[name]
-            patches = C.attn2_patches(patched)
+            patches = attn2_patches(patched)
             probe = P.probed(patched)
             # one forward that captures every layer's inputs and counts host syncs inside our patch
             P.CAPTURED.clear()

@@ -95,14 +95,10 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def free_memory() -> None:
     """Unload every model ComfyUI keeps loaded in this process (between heavy in-process tests)."""
-    import gc
+    from tools.torch_probes import trim_heap
 
     mm = sys.modules.get("comfy.model_management")
     if mm is not None:
         mm.unload_all_models()
         mm.soft_empty_cache()
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand the freed heap back, or RSS keeps every model ever loaded
+    trim_heap()  # hand the freed heap back, or RSS keeps every model ever loaded

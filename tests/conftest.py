@@ -96,13 +96,9 @@ class SharedModels:
 _SHARED = SharedModels()
 
 
-def release_shared_models() -> None:
-    _SHARED.clear()
-
-
 def pytest_runtest_setup(item):
     if "server" in getattr(item, "fixturenames", ()) and _SHARED.loaded:
-        release_shared_models()
+        _SHARED.clear()
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import _host
+from tools.torch_probes import attn2_patches
 
 pytest.importorskip("insightface")
 
@@ -47,10 +48,6 @@ def face(comfy, models_dir, sd15_checkpoint, vit_h):
     _host.free_memory()
 
 
-def attn2(model):
-    return model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
-
-
 def test_insightface_loader_caches_and_falls_back_to_cpu(comfy, face, caplog):
     again = comfy.outputs("IPAKitInsightFaceLoader", provider="CPU", model_name="buffalo_l")[0]
     assert again is face.insightface and face.insightface.providers[0] == "CPUExecutionProvider"
@@ -72,7 +69,7 @@ def test_missing_pack_names_the_folder_and_downloads_nothing(comfy, models_dir):
 def test_faceid_with_embedded_lora(face):
     adapter = face.adapter("faceid_sd15")
     patched, crops = face.apply(adapter)
-    assert len(attn2(patched)) == 16
+    assert len(attn2_patches(patched)) == 16
     assert crops.shape == (1, 224, 224, 3) and crops.max() > 0
     # the LoRA that ships in the file patches q/k/v/out of all 32 attentions as weight patches
     assert len(patched.patches) == 128 and not face.model.patches
@@ -122,7 +119,7 @@ def test_no_face_error_and_skip(face):
     model, crops = face.apply(adapter, image=dark, on_missing_face="skip image")
     assert model is face.model and crops.abs().max() == 0
     mixed, _ = face.apply(adapter, image=torch.cat([dark, face_image(1)]), on_missing_face="skip image")
-    assert attn2(mixed)[("input", 1, 0)].plan.num_tokens == 4  # only the image with a face counts
+    assert attn2_patches(mixed)[("input", 1, 0)].plan.num_tokens == 4  # only the image with a face counts
 
 
 def test_faceid_plus_v2_uses_the_face_crop_and_the_shortcut(face):
@@ -131,14 +128,14 @@ def test_faceid_plus_v2_uses_the_face_crop_and_the_shortcut(face):
     a, crops = face.apply(adapter, lora_strength=0.0)
     b, _ = face.apply(adapter, lora_strength=0.0, weight_faceidv2=2.0)
     key = ("middle", 0, 0)
-    assert not torch.equal(attn2(a)[key].plan.v, attn2(b)[key].plan.v)
+    assert not torch.equal(attn2_patches(a)[key].plan.v, attn2_patches(b)[key].plan.v)
     assert crops.shape == (1, 224, 224, 3)
 
 
 def test_portrait_concatenates_faces(face):
     adapter = face.adapter("faceid-portrait_sd15")
     model, crops = face.apply(adapter, image=torch.cat([face_image(2), face_image(3)]), combine_embeds="average")
-    assert attn2(model)[("input", 1, 0)].plan.num_tokens == 32 and crops.shape[0] == 2
+    assert attn2_patches(model)[("input", 1, 0)].plan.num_tokens == 32 and crops.shape[0] == 2
     assert not model.patches  # portrait adapters carry no LoRA
 
 
@@ -152,7 +149,7 @@ def test_faceid_embeds_round_trip_equals_apply_faceid(comfy, face):
     from_embeds = comfy.outputs("IPAKitApplyEmbeds", model=face.model, ipadapter=adapter, embeds=loaded, lora_strength=0.6, **args)[0]
     direct, _ = face.apply(adapter)
     key = ("output", 5, 0)
-    assert torch.equal(attn2(from_embeds)[key].plan.v, attn2(direct)[key].plan.v)
+    assert torch.equal(attn2_patches(from_embeds)[key].plan.v, attn2_patches(direct)[key].plan.v)
     assert from_embeds.patches.keys() == direct.patches.keys()
 
 
@@ -162,7 +159,7 @@ def test_unified_loader_faceid_preset(comfy, face):
     assert bundle.insightface is not None and len(model.patches) == 128
     args = dict(APPLY)
     patched, _ = comfy.outputs("IPAKitApplyFaceID", model=model, ipadapter=bundle, image=face_image(), **args)
-    assert len(attn2(patched)) == 16 and all(len(v) == 1 for v in patched.patches.values())
+    assert len(attn2_patches(patched)) == 16 and all(len(v) == 1 for v in patched.patches.values())
 
 
 def test_faceid_sampling_writes_an_image_and_the_face_crop(comfy, face):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import _host
+from tools.torch_probes import attn2_patches
 
 APPLY = dict(weight=0.8, weight_type="linear", combine_embeds="concat", start_at=0.0, end_at=1.0, embeds_scaling="V only")
 
@@ -58,10 +59,6 @@ def pipe(comfy, models_dir, sd15_checkpoint, vit_h):
     _host.free_memory()
 
 
-def replace_patches(model) -> dict:
-    return model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
-
-
 # registration and documentation
 
 
@@ -98,9 +95,9 @@ def test_block_weights_are_validated_at_queue_time(comfy):
 def test_patches_all_16_layers_with_the_middle_block_and_leave_the_input_model_alone(pipe):
     before = copy.deepcopy(pipe.model.model_options)
     patched = pipe.apply()
-    keys = replace_patches(patched)
+    keys = attn2_patches(patched)
     assert len(keys) == 16 and ("middle", 0, 0) in keys
-    assert pipe.model.model_options == before and replace_patches(pipe.model) == {}
+    assert pipe.model.model_options == before and attn2_patches(pipe.model) == {}
 
 
 def test_weight_zero_returns_the_model_itself(pipe):
@@ -112,8 +109,8 @@ def test_chained_adapters_stack_copy_on_write(pipe):
     one = pipe.apply()
     two = pipe.apply(model=one, adapter=pipe.base, image=torch.rand(1, 224, 224, 3))
     key = ("middle", 0, 0)
-    assert replace_patches(one)[key].plan.num_tokens == 16  # the first model did not change
-    assert replace_patches(two)[key].plan.num_tokens == 16 + 4
+    assert attn2_patches(one)[key].plan.num_tokens == 16  # the first model did not change
+    assert attn2_patches(two)[key].plan.num_tokens == 16 + 4
     e0, e1, e2 = pipe.eps(pipe.model), pipe.eps(one), pipe.eps(two)
     assert (e1 - e0).abs().max() > 1e-2 and (e2 - e1).abs().max() > 1e-2
 
@@ -124,7 +121,7 @@ def test_two_regions_from_two_apply_nodes(pipe):
     one = pipe.apply(attn_mask=left)
     two = pipe.apply(model=one, image=torch.rand(1, 224, 224, 3, generator=torch.Generator().manual_seed(9)), attn_mask=1 - left)
     key = ("input", 1, 0)
-    patch_one, patch_two = replace_patches(one)[key], replace_patches(two)[key]
+    patch_one, patch_two = attn2_patches(one)[key], attn2_patches(two)[key]
     assert len(patch_two.plan.segments) == 2 and all(s.mask is not None for s in patch_two.plan.segments)
     g = torch.Generator().manual_seed(1)
     q, k, v = torch.randn(2, 64, 320, generator=g), torch.randn(2, 77, 320, generator=g), torch.randn(2, 77, 320, generator=g)
@@ -138,7 +135,7 @@ def test_two_regions_from_two_apply_nodes(pipe):
 def test_clone_shares_patches_and_to_returns_patch_objects(pipe):
     patched = pipe.apply()
     clone = patched.clone()
-    a, b = replace_patches(patched), replace_patches(clone)
+    a, b = attn2_patches(patched), attn2_patches(clone)
     assert all(a[k] is b[k] for k in a)  # deepcopy of model_options copies no adapter data
     patch = a[("input", 1, 0)]
     assert patch.to(torch.device("cpu")) is patch
@@ -167,7 +164,7 @@ def test_foreign_attn2_patches_are_wrapped_and_still_run(pipe):
     patched = pipe.apply(model=host)
     out = pipe.eps(patched)
     assert calls == {"two": 2, "three": 2}  # both foreign patches ran inside ours
-    assert replace_patches(patched)[("input", 1, 0)].base is not None
+    assert attn2_patches(patched)[("input", 1, 0)].base is not None
     assert (out - base).abs().max() > 1e-2
     # ours added the image term on top of the foreign output: without the shifts the result differs
     plain_ours = pipe.eps(pipe.apply())
@@ -273,7 +270,7 @@ def test_unified_loader_finds_renamed_files_and_explains_misses(pipe, comfy, mod
     model, adapter, clip_vision = comfy.outputs("IPAKitUnifiedLoader", model=pipe.model, preset="plus (high strength)")
     assert model is pipe.model and adapter.name == "ip-adapter-plus_sd15.safetensors" and adapter.clip_vision is clip_vision
     applied = comfy.outputs("IPAKitApply", model=pipe.model, ipadapter=adapter, image=pipe.image, **APPLY)[0]  # no clip_vision input
-    assert len(replace_patches(applied)) == 16
+    assert len(attn2_patches(applied)) == 16
     import folder_paths
 
     extra = tmp_path / "ipadapter-extra"

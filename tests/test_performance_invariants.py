@@ -13,14 +13,13 @@ patch with the real inputs and returns its output untouched.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 
 import pytest
 import torch
 
 import _host
-from tools.torch_probes import SyncRecorder, attn2_patches
+from tools.torch_probes import SyncRecorder, attn2_patches, resident_mib
 
 APPLY = dict(weight=0.8, weight_type="linear", combine_embeds="concat", start_at=0.0, end_at=1.0, embeds_scaling="V only")
 PLUS_SDXL_SMALL = ("plus_sdxl_vit-h", {"subdir": "ipakit-sdxl-small", "widths": (320,) * 70})
@@ -72,16 +71,6 @@ def unet_forward(model, hw=(8, 8), rows=(1, 0)):
 
 def attn2_layers(model) -> int:
     return sum(1 for m in model.model.diffusion_model.modules() if getattr(m, "attn2", None) is not None)
-
-
-def rss_mib() -> float:
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so RSS shows what is still held
-    except (OSError, AttributeError):
-        pass
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
 class Setup:
@@ -149,13 +138,13 @@ def test_one_resident_weight_copy_across_apply_nodes_and_clones(setup, comfy):
     assert again.adapter is setup.plus.adapter  # one loaded adapter per file
     first = setup.apply(setup.model)  # the adapter is now in its compute dtype on its device
     params = {p.data_ptr(): p.numel() * p.element_size() for p in setup.plus.adapter.model.parameters()}
-    before = rss_mib()
+    before = resident_mib()
 
     models = [first]
     for _ in range(4):
         models.append(setup.apply(models[-1]))
         models += [models[-1].clone(), models[-1].clone()]
-    grown = rss_mib() - before
+    grown = resident_mib() - before
 
     assert {p.data_ptr() for p in setup.plus.adapter.model.parameters()} == set(params)  # never copied or moved
     alive = [o for o in gc.get_objects() if type(o) is loaded_adapter and o.path.name == name]

@@ -4,9 +4,13 @@
   value back to the host (a device sync on a GPU).
 - `attn2_patches(model)`: the attn2 replace patches installed on a ComfyUI ModelPatcher.
 - `held_tensors(patches)`: the tensor storages our patch objects keep alive (plans and their caches).
+- `trim_heap()`, `rss_mib()`, `resident_mib()`: resident memory, raw or after handing freed heap back.
 """
 
 from __future__ import annotations
+
+import ctypes
+import gc
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -72,3 +76,24 @@ def held_tensors(patches) -> dict[int, int]:
         plan = patch.plan
         visit([plan.k, plan.v, [s.mask for s in plan.segments], plan._cache])
     return held
+
+
+def trim_heap() -> None:
+    """Collect garbage, then hand the freed heap back to the OS (glibc), so RSS shows only what is still held."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def rss_mib() -> float:
+    """This process's resident memory now (MiB), as the kernel counts it."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def resident_mib() -> float:
+    """Resident memory (MiB) after `trim_heap()`: what is still alive."""
+    trim_heap()
+    return rss_mib()
