@@ -95,44 +95,6 @@ def pack_module(host, name: str):
     return sys.modules[f"{host.pack.__name__}.{name}"]
 
 
-# one UNet forward, the way the sampler calls it
-
-
-class Forward:
-    """Fixed inputs for `diffusion_model(x, t, context, transformer_options)`: one latent per cond/uncond row."""
-
-    def __init__(self, model, size: int, rows=(0, 1), batch: int = 1, sigma: float = 1.0, seed: int = 0):
-        import torch
-
-        unet = model.model.diffusion_model
-        context_dim = next(m.attn2.to_k.in_features for m in unet.modules() if getattr(m, "attn2", None) is not None)
-        g = torch.Generator().manual_seed(seed)
-        n = len(rows) * batch
-        self.hw = (size // 8, size // 8)
-        self.x = torch.randn(n, 4, *self.hw, generator=g)
-        self.t = torch.full((n,), 500.0)
-        self.context = torch.randn(n, 77, context_dim, generator=g)
-        adm = getattr(unet, "adm_in_channels", None) or getattr(unet, "num_classes", None)
-        self.y = torch.randn(n, unet.label_emb[0][0].in_features, generator=g) if adm is not None and hasattr(unet, "label_emb") else None
-        self.rows, self.batch, self.sigma = list(rows), batch, sigma
-
-    def options(self, model) -> dict:
-        import torch
-
-        options = dict(model.model_options.get("transformer_options", {}))
-        options.update(cond_or_uncond=list(self.rows), sigmas=torch.full((self.batch,), float(self.sigma)),
-                       original_shape=list(self.x.shape))
-        return options
-
-    def __call__(self, model):
-        import torch
-
-        kw = {} if self.y is None else {"y": self.y}
-        with torch.inference_mode():
-            return model.model.diffusion_model(self.x, timesteps=self.t, context=self.context,
-                                               transformer_options=self.options(model), **kw)
-
-
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -169,8 +131,9 @@ def peak_rss_mib() -> float:
 # FLOPs
 
 
-def unet_flops(forward: Forward, model) -> float:
-    """FLOPs of one unpatched UNet forward (matmuls, convs, CPU SDPA) by torch's FlopCounterMode.
+def unet_flops(forward, model) -> float:
+    """FLOPs of one unpatched UNet forward (matmuls, convs, CPU SDPA) by torch's FlopCounterMode; `forward`
+    is a tools.torch_probes.UNetCall.
 
     Counted on a meta-device replica built from the model's config, so no real forward is spent on it.
     """

@@ -62,7 +62,7 @@ def main(argv=None) -> None:
     import _probe as P
     import torch
 
-    from tools.torch_probes import attn2_patches, held_tensors
+    from tools.torch_probes import UNetCall, attn2_patches, held_tensors
 
     P.install_text_timer()
     if args.family == "sdxl-full":
@@ -78,7 +78,7 @@ def main(argv=None) -> None:
         small = size < 256
         pairs = args.pairs if args.pairs is not None else (6 if small else 1)
         reps = args.reps if args.reps is not None else (40 if small else 5)
-        fwd = C.Forward(model, size)
+        fwd = UNetCall(model, hw=(size // 8, size // 8), rows=(0, 1))
         fwd(model)  # warm up
         flops = C.unet_flops(fwd, model)
         plain_times: list[float] = []

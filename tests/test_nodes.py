@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import _host
-from tools.torch_probes import attn2_patches
+from tools.torch_probes import UNetCall, attn2_patches
 
 APPLY = dict(weight=0.8, weight_type="linear", combine_embeds="concat", start_at=0.0, end_at=1.0, embeds_scaling="V only")
 
@@ -40,15 +40,8 @@ class Pipe:
         )[0]["samples"]
 
     def eps(self, model, rows=(1, 0), hw=(8, 8), sigma=1.0, batch=1):
-        """One UNet forward the way the sampler calls it: chunks of `batch` latents per cond/uncond entry."""
-        g = torch.Generator().manual_seed(5)
-        n = len(rows) * batch
-        x = torch.randn(n, 4, *hw, generator=g)
-        context = torch.randn(n, 77, 768, generator=g)
-        options = dict(model.model_options.get("transformer_options", {}))
-        options.update(cond_or_uncond=list(rows), sigmas=torch.full((batch,), float(sigma)))
-        with torch.inference_mode():
-            return model.model.diffusion_model(x, timesteps=torch.full((n,), 500.0), context=context, transformer_options=options)
+        """One UNet forward the way the sampler calls it, on the same random inputs every time."""
+        return UNetCall(model, hw=hw, rows=rows, batch=batch, sigma=sigma, seed=5)(model)
 
 
 @pytest.fixture(scope="module")

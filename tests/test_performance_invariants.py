@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import _host
-from tools.torch_probes import SyncRecorder, attn2_patches, resident_mib
+from tools.torch_probes import SyncRecorder, UNetCall, attn2_patches, resident_mib
 
 APPLY = dict(weight=0.8, weight_type="linear", combine_embeds="concat", start_at=0.0, end_at=1.0, embeds_scaling="V only")
 PLUS_SDXL_SMALL = ("plus_sdxl_vit-h", {"subdir": "ipakit-sdxl-small", "widths": (320,) * 70})
@@ -53,20 +53,6 @@ def observed(model):
     for key, patch in attn2_patches(model).items():
         clone.set_model_attn2_replace(Observer(patch, key, log), *key)
     return clone, log
-
-
-def unet_forward(model, hw=(8, 8), rows=(1, 0)):
-    """One UNet forward as the sampler runs it: one latent per cond/uncond row."""
-    unet = model.model.diffusion_model
-    g = torch.Generator().manual_seed(0)
-    n = len(rows)
-    context_dim = next(m.attn2.to_k.in_features for m in unet.modules() if getattr(m, "attn2", None) is not None)
-    kw = {"y": torch.randn(n, unet.label_emb[0][0].in_features, generator=g)} if hasattr(unet, "label_emb") else {}
-    options = dict(model.model_options.get("transformer_options", {}))
-    options.update(cond_or_uncond=list(rows), sigmas=torch.ones(1), original_shape=[n, 4, *hw])
-    with torch.inference_mode():
-        return unet(torch.randn(n, 4, *hw, generator=g), timesteps=torch.full((n,), 500.0),
-                    context=torch.randn(n, 77, context_dim, generator=g), transformer_options=options, **kw)
 
 
 def attn2_layers(model) -> int:
@@ -164,7 +150,7 @@ def test_one_resident_weight_copy_across_apply_nodes_and_clones(setup, comfy):
 
 def test_the_patch_runs_on_all_16_sd15_layers(setup):
     model, log = observed(setup.apply(setup.model))
-    unet_forward(model)
+    UNetCall(model)(model)
     assert attn2_layers(setup.model) == 16
     assert len(set(log["keys"])) == 16 and len(log["keys"]) == 16
     assert ("middle", 0, 0) in log["keys"]
@@ -177,7 +163,7 @@ def test_the_patch_runs_on_all_70_sdxl_layers(setup, comfy, models_dir, sdxl_sma
     # the SD1.5 plus embeds are ViT-H penultimate features: exactly what this adapter reads
     patched = comfy.outputs("IPAKitApplyEmbeds", model=sdxl, ipadapter=adapter, embeds=setup.embeds, **APPLY)[0]
     model, log = observed(patched)
-    unet_forward(model)
+    UNetCall(model)(model)
     assert attn2_layers(sdxl) == 70
     assert len(set(log["keys"])) == 70 and len(log["keys"]) == 70
     assert {k for k in log["keys"] if k[0] == "middle"} == {("middle", 0, i) for i in range(10)}

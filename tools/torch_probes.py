@@ -5,6 +5,7 @@
 - `attn2_patches(model)`: the attn2 replace patches installed on a ComfyUI ModelPatcher.
 - `held_tensors(patches)`: the tensor storages our patch objects keep alive (plans and their caches).
 - `trim_heap()`, `rss_mib()`, `resident_mib()`: resident memory, raw or after handing freed heap back.
+- `UNetCall`: fixed random inputs for one ComfyUI UNet forward the way the sampler calls it.
 """
 
 from __future__ import annotations
@@ -97,3 +98,33 @@ def resident_mib() -> float:
     """Resident memory (MiB) after `trim_heap()`: what is still alive."""
     trim_heap()
     return rss_mib()
+
+
+class UNetCall:
+    """Fixed random inputs for one `diffusion_model(x, timesteps, context, transformer_options)` call the way
+    ComfyUI's sampler makes it: `batch` latents per cond/uncond entry of `rows` (0 = cond, 1 = uncond), `sigma`
+    for the start/end gates, and the `y` vector when the UNet takes one (SDXL). Calling it runs the forward
+    on a model (ModelPatcher) with that model's transformer options; the inputs stay the same across calls."""
+
+    def __init__(self, model, hw=(8, 8), rows=(1, 0), batch: int = 1, sigma: float = 1.0, seed: int = 0):
+        unet = model.model.diffusion_model
+        context_dim = next(m.attn2.to_k.in_features for m in unet.modules() if getattr(m, "attn2", None) is not None)
+        g = torch.Generator().manual_seed(seed)
+        n = len(rows) * batch
+        self.hw, self.rows, self.batch, self.sigma = tuple(hw), list(rows), batch, sigma
+        self.x = torch.randn(n, 4, *self.hw, generator=g)
+        self.t = torch.full((n,), 500.0)
+        self.context = torch.randn(n, 77, context_dim, generator=g)
+        self.y = torch.randn(n, unet.label_emb[0][0].in_features, generator=g) if hasattr(unet, "label_emb") else None
+
+    def options(self, model) -> dict:
+        options = dict(model.model_options.get("transformer_options", {}))
+        options.update(cond_or_uncond=list(self.rows), sigmas=torch.full((self.batch,), float(self.sigma)),
+                       original_shape=list(self.x.shape))
+        return options
+
+    def __call__(self, model) -> torch.Tensor:
+        kw = {} if self.y is None else {"y": self.y}
+        with torch.inference_mode():
+            return model.model.diffusion_model(self.x, timesteps=self.t, context=self.context,
+                                               transformer_options=self.options(model), **kw)
