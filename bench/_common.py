@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,19 +21,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / ".cache" / "models"
 OUT = REPO / "bench" / "out"
-SD15 = "ipakit-random-sd15.safetensors"
-SDXL_SMALL = "ipakit-random-sdxl-small.safetensors"
-VIT_H = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))  # after ComfyUI's folder, which comfy_host puts first (the pack's nodes/ must not shadow it)
+
+from tools import gen_comfy_models  # noqa: E402 (needs the path above; imports without torch)
+
+SD15 = gen_comfy_models.SD15_CHECKPOINT
+SDXL_SMALL = gen_comfy_models.SDXL_SMALL_CHECKPOINT
+VIT_H = gen_comfy_models.VIT_H
 ADAPTERS = {  # label -> (gen_ipadapter variant, subfolder, generator options)
     "base": ("sd15", None, {}),
     "plus": ("plus_sd15", None, {}),
-    "plus_sdxl_small": ("plus_sdxl_vit-h", "ipakit-sdxl-small", {"widths": (320,) * 70}),
+    "plus_sdxl_small": ("plus_sdxl_vit-h", gen_comfy_models.SDXL_SMALL_ADAPTER_SUBDIR,
+                        {"widths": gen_comfy_models.SDXL_SMALL_ATTN2_WIDTHS}),
     "plus_sdxl_full": ("plus_sdxl_vit-h", None, {}),
 }
 APPLY = dict(weight=0.8, weight_type="linear", combine_embeds="concat", start_at=0.0, end_at=1.0, embeds_scaling="V only")
-
-if str(REPO) not in sys.path:
-    sys.path.append(str(REPO))  # after ComfyUI's folder, which comfy_host puts first (the pack's nodes/ must not shadow it)
 
 
 # setup
@@ -55,12 +57,8 @@ def setup_torch(threads: int) -> None:
 
 
 def ensure_models(*adapters: str) -> None:
-    """Generate the random ComfyUI models and the named adapters when the cache lacks them."""
-    needed = {"sd15": f"checkpoints/{SD15}", "sdxl-small": f"checkpoints/{SDXL_SMALL}", "vit-h": f"clip_vision/{VIT_H}"}
-    missing = [name for name, rel in needed.items() if not (MODELS / rel).exists()]
-    if missing:
-        cmd = [sys.executable, "-m", "tools.gen_comfy_models", "--out", str(MODELS), "--only", *missing]
-        subprocess.run(cmd, cwd=REPO, check=True)
+    """Generate the random ComfyUI models (in a child process) and the named adapters when the cache lacks them."""
+    gen_comfy_models.ensure_models_in_child(MODELS, ["sd15", "sdxl-small", "vit-h"])
     for label in adapters:
         adapter_path(label)
 

@@ -6,53 +6,27 @@ Named `_host` so it cannot collide with ComfyUI's top-level modules (`nodes`, `s
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 import struct
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from tools import gen_comfy_models
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO / ".cache" / "models"
 
-log = logging.getLogger(__name__)
-
-# the file names the generators write (kept here as strings so this module imports without torch)
-SD15_CHECKPOINT = "ipakit-random-sd15.safetensors"
-SDXL_SMALL_CHECKPOINT = "ipakit-random-sdxl-small.safetensors"
-VIT_H = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
-CONTROLNET_SD15 = "ipakit-random-controlnet-sd15.safetensors"
-COMFY_MODELS = {
-    "sd15": f"checkpoints/{SD15_CHECKPOINT}",
-    "sdxl-small": f"checkpoints/{SDXL_SMALL_CHECKPOINT}",
-    "vit-h": f"clip_vision/{VIT_H}",
-    "controlnet-sd15": f"controlnet/{CONTROLNET_SD15}",
-}
+# the stand-ins the generators write (tools/gen_comfy_models imports without torch)
+SD15_CHECKPOINT = gen_comfy_models.SD15_CHECKPOINT
+SDXL_SMALL_CHECKPOINT = gen_comfy_models.SDXL_SMALL_CHECKPOINT
+VIT_H = gen_comfy_models.VIT_H
+CONTROLNET_SD15 = gen_comfy_models.CONTROLNET_SD15
+SDXL_SMALL_WIDTHS = gen_comfy_models.SDXL_SMALL_ATTN2_WIDTHS  # SDXL adapters that fit the SDXL-small UNet ...
+SDXL_SMALL_SUBDIR = gen_comfy_models.SDXL_SMALL_ADAPTER_SUBDIR  # ... live in models/ipadapter/<this>/
 # IP-Adapter files every session gets (published names, full size, for the SD1.5 checkpoint)
 DEFAULT_IPADAPTERS = ("sd15", "plus_sd15")
 
 
 # models
-
-
-def ensure_comfy_models(models_dir: Path = MODELS_DIR, names=None) -> dict[str, Path]:
-    """Generate the missing random ComfyUI models (tools/gen_comfy_models.py) in a child process."""
-    names = list(names or COMFY_MODELS)
-    missing = [n for n in names if not (models_dir / COMFY_MODELS[n]).exists()]
-    if missing:
-        started = time.monotonic()
-        cmd = [sys.executable, "-m", "tools.gen_comfy_models", "--out", str(models_dir), "--only", *missing]
-        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"generating {missing} failed:\n{proc.stdout[-4000:]}")
-        log.info("generated %s in %.1f s:\n%s", missing, time.monotonic() - started, proc.stdout)
-    return {n: models_dir / COMFY_MODELS[n] for n in names}
-
-
-def have_ipadapter_generator() -> bool:
-    return importlib.util.find_spec("tools.gen_ipadapter") is not None
 
 
 def ensure_ipadapter(variant: str, models_dir: Path = MODELS_DIR, *, subdir: str | None = None, **kw) -> Path:

@@ -17,6 +17,7 @@ import importlib.util
 import pytest
 
 import _host
+from tools import gen_comfy_models
 
 # diffusers and transformers decide once, at import, whether torchvision exists. Decide it now, before
 # the in-process host puts its import-only torchvision stand-in on sys.path, so neither tries to use it.
@@ -28,18 +29,14 @@ for _name in ("diffusers.utils.import_utils", "transformers.utils.import_utils")
 @pytest.fixture(scope="session")
 def models_dir():
     _host.MODELS_DIR.mkdir(parents=True, exist_ok=True)
-    _host.ensure_comfy_models(_host.MODELS_DIR)
-    if _host.have_ipadapter_generator():
-        for variant in _host.DEFAULT_IPADAPTERS:
-            _host.ensure_ipadapter(variant, _host.MODELS_DIR)
+    gen_comfy_models.ensure_models_in_child(_host.MODELS_DIR)
+    for variant in _host.DEFAULT_IPADAPTERS:
+        _host.ensure_ipadapter(variant, _host.MODELS_DIR)
     return _host.MODELS_DIR
 
 
 @pytest.fixture(scope="session")
 def ipadapter_file(models_dir):
-    if not _host.have_ipadapter_generator():
-        pytest.skip("tools/gen_ipadapter.py is not there yet")
-
     def make(variant: str, *, subdir: str | None = None, **kw):
         return _host.ensure_ipadapter(variant, models_dir, subdir=subdir, **kw)
 

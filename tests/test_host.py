@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import _host
+from tools import gen_comfy_models
 
 CORE_NODES = ("CheckpointLoaderSimple", "CLIPTextEncode", "KSampler", "VAEDecode", "SaveImage", "CLIPVisionLoader",
               "CLIPVisionEncode", "ControlNetLoader", "ControlNetApply")
@@ -167,7 +168,7 @@ def test_sdxl_small_loads_as_sdxl_with_70_cross_attention_layers(comfy, models_d
     assert {b.attn2.to_k.weight.shape for b in blocks} == {(320, 2048)}
 
     # the OpenCLIP CLIP-G layout was read back into the right places (q is the first third of in_proj)
-    path = models_dir / _host.COMFY_MODELS["sdxl-small"]
+    path = models_dir / gen_comfy_models.MODELS["sdxl-small"].relpath
     with safe_open(str(path), "pt") as f:
         in_proj = f.get_tensor("conditioner.embedders.1.model.transformer.resblocks.3.attn.in_proj_weight")
     q = clip.cond_stage_model.clip_g.transformer.text_model.encoder.layers[3].self_attn.q_proj.weight

@@ -46,7 +46,7 @@ def reference_patch(keys, values, heads):
 
 @pytest.fixture(scope="module")
 def kolors(comfy, models_dir, sdxl_small_checkpoint):
-    path = _host.ensure_ipadapter("kolors_faceid_plus", models_dir, subdir="ipakit-kolors-small", widths=(320,) * 70)
+    path = _host.ensure_ipadapter("kolors_faceid_plus", models_dir, subdir="ipakit-kolors-small", widths=_host.SDXL_SMALL_WIDTHS)
     adapter = comfy.outputs("IPAKitModelLoader", ipadapter_file=f"ipakit-kolors-small/{path.name}")[0]
     yield sdxl_small_checkpoint[0], adapter
     del adapter

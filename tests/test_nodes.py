@@ -244,8 +244,8 @@ def test_one_resident_copy_per_file(pipe, comfy):
 
 
 def test_wrong_model_family_and_wrong_encoder_errors(pipe, comfy, models_dir):
-    sdxl = _host.ensure_ipadapter("sdxl_vit-h", models_dir, subdir="ipakit-sdxl-small", widths=(320,) * 70)
-    adapter = comfy.outputs("IPAKitModelLoader", ipadapter_file="ipakit-sdxl-small/" + sdxl.name)[0]
+    sdxl = _host.ensure_ipadapter("sdxl_vit-h", models_dir, subdir=_host.SDXL_SMALL_SUBDIR, widths=_host.SDXL_SMALL_WIDTHS)
+    adapter = comfy.outputs("IPAKitModelLoader", ipadapter_file=f"{_host.SDXL_SMALL_SUBDIR}/{sdxl.name}")[0]
     with pytest.raises(ValueError, match=r"adapter for SDXL \(70 cross-attention layers.*but the model is SD1.5"):
         pipe.apply(adapter=adapter)
     vitg = _host.ensure_ipadapter("sd15_vit-G", models_dir)

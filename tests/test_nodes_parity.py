@@ -17,7 +17,7 @@ from _reference import REAL_SD15_CONFIG, SDXL_SMALL_CONFIG, set_scale
 
 TOL = 1e-4
 
-SDXL_SMALL_WIDTHS = (320,) * 70
+SDXL_SMALL_WIDTHS = _host.SDXL_SMALL_WIDTHS
 ADAPTERS = {
     "sd15": {
         "base": ("sd15", {}),
@@ -69,7 +69,7 @@ class Family:
 
     def adapter_path(self, kind):
         variant, kw = ADAPTERS[self.name][kind]
-        return _host.ensure_ipadapter(variant, _host.MODELS_DIR, subdir=None if self.name == "sd15" else "ipakit-sdxl-small", **kw)
+        return _host.ensure_ipadapter(variant, _host.MODELS_DIR, subdir=None if self.name == "sd15" else _host.SDXL_SMALL_SUBDIR, **kw)
 
     def comfy_eps(self, patched, rows=(1, 0)):
         options = dict(patched.model_options["transformer_options"])

@@ -22,7 +22,7 @@ import _host
 from tools.torch_probes import SyncRecorder, UNetCall, attn2_patches, resident_mib
 
 APPLY = dict(weight=0.8, weight_type="linear", combine_embeds="concat", start_at=0.0, end_at=1.0, embeds_scaling="V only")
-PLUS_SDXL_SMALL = ("plus_sdxl_vit-h", {"subdir": "ipakit-sdxl-small", "widths": (320,) * 70})
+PLUS_SDXL_SMALL = ("plus_sdxl_vit-h", {"subdir": _host.SDXL_SMALL_SUBDIR, "widths": _host.SDXL_SMALL_WIDTHS})
 
 
 class Observer:

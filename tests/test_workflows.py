@@ -18,7 +18,7 @@ import pytest
 
 import _host
 from tools import example_workflows as examples
-from tools import workflow_pictures, workflows
+from tools import gen_comfy_models, workflow_pictures, workflows
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def ready(server, models_dir):
     """Every stand-in model and reference image the examples need, on the session server."""
     for wf in examples.WORKFLOWS:
         comfy, adapters = wf.stand_ins()
-        _host.ensure_comfy_models(models_dir, comfy)
+        gen_comfy_models.ensure_models_in_child(models_dir, comfy)
         for variant, subdir, kwargs in adapters:
             _host.ensure_ipadapter(variant, models_dir, subdir=subdir, **kwargs)
         if wf.faces:

@@ -22,15 +22,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import struct
+import subprocess
 import sys
 import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1  # bump when the bytes written for a model change
 
@@ -56,6 +61,8 @@ SDXL_SMALL_UNET = dict(
     use_temporal_attention=False,
 )
 SDXL_SMALL_ATTN2_WIDTHS = (320,) * 70  # per cross-attention layer, IP-Adapter checkpoint order (N = 1, 3, ...)
+SDXL_SMALL_ADAPTER_SUBDIR = "ipakit-sdxl-small"
+"""models/ipadapter/<this>: SDXL adapters generated at these widths (full-size SDXL adapters do not fit this UNet)."""
 SD15_ATTN2_WIDTHS = (320,) * 2 + (640,) * 2 + (1280,) * 2 + (1280,) * 3 + (640,) * 3 + (320,) * 3 + (1280,)
 
 VAE_CONFIG = dict(double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 4, 4],
@@ -367,6 +374,21 @@ def ensure_models(models_dir: str | os.PathLike, only: Iterable[str] | None = No
     """Write every model (or those in `only`) that is missing; returns {name: path}."""
     names = list(only) if only else list(MODELS)
     return {name: ensure_model(name, models_dir, force=force, report=report) for name in names}
+
+
+def ensure_models_in_child(models_dir: str | os.PathLike, only: Iterable[str] | None = None) -> dict[str, Path]:
+    """`ensure_models` in a child Python, so the generator's memory never stays with the caller (a test session
+    or a benchmark that measures its own memory); returns {name: path}. Raises with the child's output on failure."""
+    names = list(only) if only else list(MODELS)
+    missing = [n for n in names if not (Path(models_dir) / MODELS[n].relpath).exists()]
+    if missing:
+        started = time.monotonic()
+        cmd = [sys.executable, "-m", "tools.gen_comfy_models", "--out", str(models_dir), "--only", *missing]
+        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"generating {missing} failed:\n{proc.stdout[-4000:]}")
+        log.info("generated %s in %.1f s:\n%s", missing, time.monotonic() - started, proc.stdout)
+    return {n: Path(models_dir) / MODELS[n].relpath for n in names}
 
 
 def main(argv: list[str] | None = None) -> int:

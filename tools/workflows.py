@@ -30,6 +30,8 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import gen_comfy_models
+
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS_DIR = REPO / "workflows"
 API_DIR = WORKFLOWS_DIR / "api"
@@ -39,11 +41,11 @@ WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
 SEED_NAMES = ("seed", "noise_seed")
 
 # the random-weight stand-ins (names written by tools/gen_comfy_models.py and tools/gen_ipadapter.py)
-SD15_RANDOM = "ipakit-random-sd15.safetensors"
-SDXL_SMALL_RANDOM = "ipakit-random-sdxl-small.safetensors"
-CONTROLNET_SD15_RANDOM = "ipakit-random-controlnet-sd15.safetensors"
-SDXL_SMALL_SUBDIR = "ipakit-sdxl-small"  # SDXL adapters at the SDXL-small UNet's width (320), in models/ipadapter/
-SDXL_SMALL_WIDTHS = (320,) * 70
+SD15_RANDOM = gen_comfy_models.SD15_CHECKPOINT
+SDXL_SMALL_RANDOM = gen_comfy_models.SDXL_SMALL_CHECKPOINT
+CONTROLNET_SD15_RANDOM = gen_comfy_models.CONTROLNET_SD15
+SDXL_SMALL_SUBDIR = gen_comfy_models.SDXL_SMALL_ADAPTER_SUBDIR  # SDXL adapters at the SDXL-small UNet's widths
+SDXL_SMALL_WIDTHS = gen_comfy_models.SDXL_SMALL_ATTN2_WIDTHS
 
 # Placeholder -> stand-in, per model family: (class_type, input) -> new value, or a function of the old one.
 # Everything not listed keeps its published name (the generators write IP-Adapter and CLIP vision files
