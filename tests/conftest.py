@@ -8,6 +8,8 @@
 - `server`: a real ComfyUI server (tools.comfy_host.ServerHandle: `.url`, `.output_dir`, `.log_text()`),
   started once per session on a free port with the same models and a temporary output folder.
 - `client`: a tools.comfy_client.ComfyClient for `server`, closed after the test.
+- `sd15_checkpoint`, `sdxl_small_checkpoint`, `vit_h`: the random models loaded in process, shared by the
+  modules that use them; `pipe`: tests/_pipe.py's SD1.5 node pipeline over them (per module).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import importlib.util
 import pytest
 
 import _host
+from _pipe import Pipe
 from tools import gen_comfy_models
 
 # diffusers and transformers decide once, at import, whether torchvision exists. Decide it now, before
@@ -114,3 +117,12 @@ def sdxl_small_checkpoint(comfy):
 def vit_h(comfy):
     """The random ViT-H/14 CLIP vision model."""
     return _SHARED.get("vit_h", lambda: comfy.outputs("CLIPVisionLoader", clip_name=_host.VIT_H)[0])
+
+
+@pytest.fixture(scope="module")
+def pipe(comfy, models_dir, sd15_checkpoint, vit_h):
+    """The SD1.5 node pipeline of tests/_pipe.py (shared models, both SD1.5 adapters, one reference image)."""
+    p = Pipe(comfy, sd15_checkpoint, vit_h)
+    yield p
+    del p
+    _host.free_memory()

@@ -19,9 +19,10 @@ import pytest
 import torch
 
 import _host
+import _pipe
 from tools.torch_probes import UNetCall, attn2_patches
 
-APPLY = dict(weight=1.0, weight_type="linear", combine_embeds="concat", start_at=0.0, end_at=1.0, embeds_scaling="V only")
+APPLY = dict(_pipe.APPLY, weight=1.0)
 
 
 def attention(q, k, v, heads):

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import gc
 
-import pytest
 import torch
 
 import _host
+from _pipe import APPLY
 from tools.torch_probes import SyncRecorder, UNetCall, attn2_patches, resident_mib
 
-APPLY = dict(weight=0.8, weight_type="linear", combine_embeds="concat", start_at=0.0, end_at=1.0, embeds_scaling="V only")
 PLUS_SDXL_SMALL = ("plus_sdxl_vit-h", {"subdir": _host.SDXL_SMALL_SUBDIR, "widths": _host.SDXL_SMALL_WIDTHS})
 
 
@@ -59,47 +58,18 @@ def attn2_layers(model) -> int:
     return sum(1 for m in model.model.diffusion_model.modules() if getattr(m, "attn2", None) is not None)
 
 
-class Setup:
-    def __init__(self, comfy, sd15_checkpoint, vit_h):
-        self.comfy = comfy
-        self.model, self.clip, _ = sd15_checkpoint
-        self.clip_vision = vit_h
-        self.plus = comfy.outputs("IPAKitModelLoader", ipadapter_file="ip-adapter-plus_sd15.safetensors")[0]
-        self.base = comfy.outputs("IPAKitModelLoader", ipadapter_file="ip-adapter_sd15.safetensors")[0]
-        self.image = torch.rand(1, 224, 224, 3, generator=torch.Generator().manual_seed(0))
-        # one ViT-H encode serves every apply below: the pack's encoder cache remembers this image
-        self.embeds = comfy.outputs("IPAKitEncode", ipadapter=self.plus, image=self.image, clip_vision=self.clip_vision)[0]
-
-    def apply(self, model, adapter=None, **kw):
-        args = dict(APPLY, clip_vision=self.clip_vision)
-        args.update(kw)
-        return self.comfy.outputs("IPAKitApply", model=model, ipadapter=adapter or self.plus, image=self.image, **args)[0]
-
-
-@pytest.fixture(scope="module")
-def setup(comfy, models_dir, sd15_checkpoint, vit_h):
-    s = Setup(comfy, sd15_checkpoint, vit_h)
-    yield s
-    del s
-    _host.free_memory()
-
-
-def test_no_host_syncs_in_the_patch_during_sampling(setup, comfy):
+def test_no_host_syncs_in_the_patch_during_sampling(pipe):
     with SyncRecorder() as probe:  # the recorder itself sees the kind of read the incumbent does per layer
         torch.ones(1).cpu().item()
     assert probe.calls == ["cpu", "item"]
 
     mask = torch.zeros(1, 64, 64)
     mask[:, :, :32] = 1
-    model = setup.apply(setup.model, start_at=0.0, end_at=0.6, attn_mask=mask)  # gated and masked
-    model = setup.apply(model)  # chained: fused with the first (same token count)
-    model = setup.apply(model, adapter=setup.base)  # another length: its own pass
+    model = pipe.apply(pipe.model, start_at=0.0, end_at=0.6, attn_mask=mask)  # gated and masked
+    model = pipe.apply(model)  # chained: fused with the first (same token count)
+    model = pipe.apply(model, adapter=pipe.base)  # another length: its own pass
     watched, log = observed(model)
-    pos = comfy.outputs("CLIPTextEncode", text="a photo of a cat", clip=setup.clip)[0]
-    neg = comfy.outputs("CLIPTextEncode", text="blurry", clip=setup.clip)[0]
-    latent = comfy.outputs("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
-    out = comfy.outputs("KSampler", model=watched, seed=1, steps=2, cfg=7.0, sampler_name="euler", scheduler="normal",
-                        positive=pos, negative=neg, latent_image=latent, denoise=1.0)[0]["samples"]
+    out = pipe.sample(watched, steps=2)  # 64 px, cfg 7: cond and uncond in one batch
     assert torch.isfinite(out).all()
     assert len(log["keys"]) >= 2 * 16  # every layer, every step (cond and uncond in one batch)
     assert log["syncs"] == [], f"host syncs inside the patch: {sorted(set(log['syncs']))}"
@@ -117,22 +87,22 @@ def test_no_host_syncs_in_the_patch_during_sampling(setup, comfy):
             assert meta(q, text, text, options).shape == q.shape, key
 
 
-def test_one_resident_weight_copy_across_apply_nodes_and_clones(setup, comfy):
-    loaded_adapter = type(setup.plus.adapter)  # the class of the pack as ComfyUI imported it
+def test_one_resident_weight_copy_across_apply_nodes_and_clones(pipe, comfy):
+    loaded_adapter = type(pipe.plus.adapter)  # the class of the pack as ComfyUI imported it
     name = "ip-adapter-plus_sd15.safetensors"
     again = comfy.outputs("IPAKitModelLoader", ipadapter_file=name)[0]
-    assert again.adapter is setup.plus.adapter  # one loaded adapter per file
-    first = setup.apply(setup.model)  # the adapter is now in its compute dtype on its device
-    params = {p.data_ptr(): p.numel() * p.element_size() for p in setup.plus.adapter.model.parameters()}
+    assert again.adapter is pipe.plus.adapter  # one loaded adapter per file
+    first = pipe.apply(pipe.model)  # the adapter is now in its compute dtype on its device
+    params = {p.data_ptr(): p.numel() * p.element_size() for p in pipe.plus.adapter.model.parameters()}
     before = resident_mib()
 
     models = [first]
     for _ in range(4):
-        models.append(setup.apply(models[-1]))
+        models.append(pipe.apply(models[-1]))
         models += [models[-1].clone(), models[-1].clone()]
     grown = resident_mib() - before
 
-    assert {p.data_ptr() for p in setup.plus.adapter.model.parameters()} == set(params)  # never copied or moved
+    assert {p.data_ptr() for p in pipe.plus.adapter.model.parameters()} == set(params)  # never copied or moved
     alive = [o for o in gc.get_objects() if type(o) is loaded_adapter and o.path.name == name]
     assert len(alive) == 1
     held: dict[int, int] = {}
@@ -148,20 +118,21 @@ def test_one_resident_weight_copy_across_apply_nodes_and_clones(setup, comfy):
     assert grown < 128, f"RSS grew {grown:.0f} MiB for 4 more Apply nodes and 8 clones"
 
 
-def test_the_patch_runs_on_all_16_sd15_layers(setup):
-    model, log = observed(setup.apply(setup.model))
+def test_the_patch_runs_on_all_16_sd15_layers(pipe):
+    model, log = observed(pipe.apply(pipe.model))
     UNetCall(model)(model)
-    assert attn2_layers(setup.model) == 16
+    assert attn2_layers(pipe.model) == 16
     assert len(set(log["keys"])) == 16 and len(log["keys"]) == 16
     assert ("middle", 0, 0) in log["keys"]
 
 
-def test_the_patch_runs_on_all_70_sdxl_layers(setup, comfy, models_dir, sdxl_small_checkpoint):
+def test_the_patch_runs_on_all_70_sdxl_layers(pipe, comfy, models_dir, sdxl_small_checkpoint):
     path = _host.ensure_ipadapter(PLUS_SDXL_SMALL[0], models_dir, **PLUS_SDXL_SMALL[1])
     adapter = comfy.outputs("IPAKitModelLoader", ipadapter_file=f"{PLUS_SDXL_SMALL[1]['subdir']}/{path.name}")[0]
     sdxl = sdxl_small_checkpoint[0]
     # the SD1.5 plus embeds are ViT-H penultimate features: exactly what this adapter reads
-    patched = comfy.outputs("IPAKitApplyEmbeds", model=sdxl, ipadapter=adapter, embeds=setup.embeds, **APPLY)[0]
+    embeds = comfy.outputs("IPAKitEncode", ipadapter=pipe.plus, image=pipe.image, clip_vision=pipe.clip_vision)[0]
+    patched = comfy.outputs("IPAKitApplyEmbeds", model=sdxl, ipadapter=adapter, embeds=embeds, **APPLY)[0]
     model, log = observed(patched)
     UNetCall(model)(model)
     assert attn2_layers(sdxl) == 70
