@@ -23,17 +23,22 @@ DEPTH_MAP = "ipakit_depth.png"
 # reference images: simple deterministic drawings (256 x 256 unless noted)
 
 
-def _canvas(size=256, top=(250, 230, 200), bottom=(120, 160, 210)):
+def _painted(colour_at: Callable[[int, int], object], mode: str = "RGB", size: int = 256):
+    """A size x size image whose pixel (x, y) is `colour_at(x, y)` (a tuple for RGB, an int for L)."""
     from PIL import Image
 
-    img = Image.new("RGB", (size, size))
+    img = Image.new(mode, (size, size))
     px = img.load()
     for y in range(size):
-        t = y / (size - 1)
-        row = tuple(int(a + (b - a) * t) for a, b in zip(top, bottom))
         for x in range(size):
-            px[x, y] = row
+            px[x, y] = colour_at(x, y)
     return img
+
+
+def _canvas(size=256, top=(250, 230, 200), bottom=(120, 160, 210)):
+    """A vertical gradient from `top` to `bottom`."""
+    rows = [tuple(int(a + (b - a) * (y / (size - 1))) for a, b in zip(top, bottom)) for y in range(size)]
+    return _painted(lambda x, y: rows[y], size=size)
 
 
 def _subject():
@@ -49,16 +54,12 @@ def _subject():
 
 
 def _style():
-    from PIL import Image
+    def colour(x, y):
+        a = math.sin(x / 11.0 + 2.0 * math.sin(y / 23.0))
+        b = math.sin((x + y) / 17.0)
+        return (int(128 + 110 * a), int(90 + 60 * b), int(150 - 100 * a * b))
 
-    img = Image.new("RGB", (256, 256))
-    px = img.load()
-    for y in range(256):
-        for x in range(256):
-            a = math.sin(x / 11.0 + 2.0 * math.sin(y / 23.0))
-            b = math.sin((x + y) / 17.0)
-            px[x, y] = (int(128 + 110 * a), int(90 + 60 * b), int(150 - 100 * a * b))
-    return img
+    return _painted(colour)
 
 
 def _layout():
@@ -105,15 +106,11 @@ def _inpaint():
 
 
 def _depth():
-    from PIL import Image
+    def depth(x, y):
+        near = max(0.0, 1.0 - math.hypot(x - 128, y - 140) / 70.0)  # a round object in front
+        return int(255 * max(near, 0.15 + 0.35 * y / 255))  # floor getting closer
 
-    img = Image.new("L", (256, 256))
-    px = img.load()
-    for y in range(256):
-        for x in range(256):
-            near = max(0.0, 1.0 - math.hypot(x - 128, y - 140) / 70.0)  # a round object in front
-            px[x, y] = int(255 * max(near, 0.15 + 0.35 * y / 255))  # floor getting closer
-    return img.convert("RGB")
+    return _painted(depth, mode="L").convert("RGB")
 
 
 REFERENCES: dict[str, Callable] = {
