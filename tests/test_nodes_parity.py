@@ -111,11 +111,6 @@ def family(request, comfy, models_dir):
     _host.free_memory()
 
 
-@pytest.fixture(scope="module")
-def clip_vision(vit_h):
-    return vit_h
-
-
 def image(seed=0, size=224):
     return torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(seed))
 
@@ -136,13 +131,13 @@ def insightface(comfy, models_dir):
 
 
 @pytest.mark.parametrize("kind", ["base", "plus", "full-face", "faceid", "faceid plus v2"])
-def test_noise_prediction_matches_diffusers(comfy, family, clip_vision, kind, request):
+def test_noise_prediction_matches_diffusers(comfy, family, vit_h, kind, request):
     path = family.adapter_path(kind)
     adapter = comfy.outputs("IPAKitModelLoader", ipadapter_file=str(path.relative_to(_host.MODELS_DIR / "ipadapter")))[0]
     faces = {}
     if kind.startswith("faceid"):  # the real insightface on the generated pack; LoRA excluded, as diffusers' UNet path does
         faces = {"insightface": request.getfixturevalue("insightface")}
-    embeds = comfy.outputs("IPAKitEncode", ipadapter=adapter, image=0.3 + 0.6 * image(1), clip_vision=clip_vision, **faces)[0]
+    embeds = comfy.outputs("IPAKitEncode", ipadapter=adapter, image=0.3 + 0.6 * image(1), clip_vision=vit_h, **faces)[0]
     patched = apply_embeds(comfy, family.model, adapter, embeds, lora_strength=0.0, weight_faceidv2=1.5)
     replace = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
     assert len(replace) == (16 if family.name == "sd15" else 70)  # every cross-attention layer, middle block included
@@ -154,10 +149,10 @@ def test_noise_prediction_matches_diffusers(comfy, family, clip_vision, kind, re
     assert (got - plain).abs().max() > 1e-2
 
 
-def test_mask_with_two_images_in_two_regions(comfy, family, clip_vision):
+def test_mask_with_two_images_in_two_regions(comfy, family, vit_h):
     path = family.adapter_path("plus")
     adapter = comfy.outputs("IPAKitModelLoader", ipadapter_file=str(path.relative_to(_host.MODELS_DIR / "ipadapter")))[0]
-    embeds = comfy.outputs("IPAKitEncode", ipadapter=adapter, image=torch.cat([image(2), image(3)]), clip_vision=clip_vision)[0]
+    embeds = comfy.outputs("IPAKitEncode", ipadapter=adapter, image=torch.cat([image(2), image(3)]), clip_vision=vit_h)[0]
     masks = torch.zeros(2, 64, 64)
     masks[0, :, :32] = 1
     masks[1, :, 32:] = 1
@@ -170,10 +165,10 @@ def test_mask_with_two_images_in_two_regions(comfy, family, clip_vision):
 BLOCKS = {"sd15": {"down": {"block_2": [0.0, 1.0]}, "up": {"block_1": [0.0, 1.0, 0.0]}}, "sdxl": {"up": {"block_0": [0.0, 1.0, 0.0]}}}
 
 
-def test_instantstyle_block_weights(comfy, family, clip_vision):
+def test_instantstyle_block_weights(comfy, family, vit_h):
     path = family.adapter_path("plus")
     adapter = comfy.outputs("IPAKitModelLoader", ipadapter_file=str(path.relative_to(_host.MODELS_DIR / "ipadapter")))[0]
-    embeds = comfy.outputs("IPAKitEncode", ipadapter=adapter, image=image(4), clip_vision=clip_vision)[0]
+    embeds = comfy.outputs("IPAKitEncode", ipadapter=adapter, image=image(4), clip_vision=vit_h)[0]
     blocks = BLOCKS[family.name]
     patched = apply_embeds(comfy, family.model, adapter, embeds, weight=1.0, block_weights=json.dumps(blocks))
     replace = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
