@@ -2,7 +2,8 @@
 
 A `Probe` wraps one installed patch object and only observes: it calls the real patch with the real
 inputs and returns its output unchanged. Text attention time inside our patch is measured by wrapping
-ComfyUI's `optimized_attention` (looked up at call time by both ComfyUI and our patch).
+ComfyUI's `optimized_attention` (looked up at call time by both ComfyUI and our patch; outside a probe the
+wrapper only passes the call on).
 """
 
 from __future__ import annotations
@@ -103,16 +104,7 @@ def install_text_timer():
             STATS.text_s += time.perf_counter() - start
 
     timed_attention._ipakit_timer = True
-    timed_attention.original = original
     attention.optimized_attention = timed_attention
-
-
-def text_attention(q, k, v, extra_options):
-    """The unpatched layer's text attention, with the host kernel (what our patch adds to)."""
-    from comfy.ldm.modules import attention
-
-    fn = getattr(attention.optimized_attention, "original", attention.optimized_attention)
-    return fn(q, k, v, extra_options["n_heads"])
 
 
 class AllocTracker(TorchDispatchMode):
@@ -140,11 +132,8 @@ class AllocTracker(TorchDispatchMode):
 
 def image_attention_peak(patch, q, extra_options) -> int:
     """Transient bytes our image attention allocates for one call (the plan alone, adding into a given output)."""
-    shape = extra_options.get("original_shape")
-    rows = tuple(1 if c == 1 else 0 for c in (extra_options.get("cond_or_uncond") or (0,)))
     out = torch.zeros_like(q)
     tracker = AllocTracker()
     with tracker:
-        patch.plan(q, rows=rows, latent_hw=(shape[-2], shape[-1]) if shape is not None else None,
-                   sigmas=extra_options.get("sigmas"), out=out)
+        patch.add_image_attention(q, extra_options, out)
     return tracker.peak

@@ -50,6 +50,11 @@ class IPAKitAttn2:
             out = self.base(q, k, v, extra_options).clone(memory_format=torch.contiguous_format)  # never write into theirs
         if not out.is_contiguous():
             out = out.contiguous()
+        return self.add_image_attention(q, extra_options, out)
+
+    def add_image_attention(self, q: torch.Tensor, extra_options: dict, out: torch.Tensor) -> torch.Tensor:
+        """Adds every image term of the layer into `out` (contiguous, shaped like `q`) for the call that ComfyUI's
+        `extra_options` describe (cond/uncond rows, latent shape, sigmas); returns `out`."""
         shape = extra_options.get("original_shape")
         latent_hw = (shape[-2], shape[-1]) if shape is not None and len(shape) >= 4 else None
         return self.plan(q, rows=_rows(tuple(extra_options.get("cond_or_uncond") or (0,))), latent_hw=latent_hw,
