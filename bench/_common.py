@@ -99,31 +99,18 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(plain, patched, pairs: int, warmup: int = 1) -> tuple[list[float], list[float], list[float]]:
-    """Times of `plain()` and `patched()` run alternately (order flipped every pair); also the per-pair ratios."""
-    for _ in range(warmup):
-        plain(), patched()
-    a, b, ratio = [], [], []
-    for i in range(pairs):
-        if i % 2 == 0:
-            ta, tb = timed(plain), timed(patched)
-        else:
-            tb, ta = timed(patched), timed(plain)
-        a.append(ta)
-        b.append(tb)
-        ratio.append(tb / ta - 1.0)
-        gc.collect()
-    return a, b, ratio
+def interleave(fns: dict, reps: int) -> dict[str, list[float]]:
+    """Times of each function over `reps` rounds, run in turn (order reversed every other round, gc between calls)."""
+    times = {name: [] for name in fns}
+    for i in range(reps):
+        for name in list(fns) if i % 2 == 0 else list(reversed(fns)):
+            times[name].append(timed(fns[name]))
+            gc.collect()
+    return times
 
 
 def stats(xs: list[float]) -> tuple[float, float, float]:
     return min(xs), statistics.median(xs), max(xs)
-
-
-def peak_rss_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # FLOPs

@@ -45,16 +45,6 @@ def main(argv=None) -> None:
     C.report("apply_and_load", args, "\n\n".join(sections), data)
 
 
-def interleave(fns: dict, reps: int) -> dict[str, list[float]]:
-    times = {name: [] for name in fns}
-    for i in range(reps):
-        order = list(fns) if i % 2 == 0 else list(reversed(fns))
-        for name in order:
-            times[name].append(C.timed(fns[name]))
-            gc.collect()
-    return times
-
-
 def bench_load(host, reps, torch):
     """Our loader (read + detect + strict load, no copy) vs safetensors.torch.load_file of the same file.
 
@@ -80,7 +70,7 @@ def bench_load(host, reps, torch):
             _comfy._adapters.clear()
             return host.outputs("IPAKitModelLoader", ipadapter_file=name)
 
-        times = interleave({
+        times = C.interleave({
             "bare": lambda: safetensors.torch.load_file(str(path)),
             "core": lambda: core.load_adapter(path),
             "node": node,
@@ -118,7 +108,7 @@ def bench_apply(host, model, clip_vision, reps, torch):
         fresh = lambda: torch.rand(1, 224, 224, 3, generator=gen)  # noqa: E731 (no encoder-cache hits)
         embeds = host.outputs("IPAKitEncode", ipadapter=adapter, image=fresh(), clip_vision=clip_vision)[0]
         weights = iter(range(1, 1 << 20))
-        times = interleave({
+        times = C.interleave({
             "CLIPVisionEncode": lambda: host.outputs("CLIPVisionEncode", clip_vision=clip_vision, image=fresh()),
             "IPAKitApply": lambda: host.outputs("IPAKitApply", model=model, ipadapter=adapter, image=fresh(),
                                                 clip_vision=clip_vision, **C.APPLY),
@@ -184,7 +174,7 @@ def bench_encode(host, clip_vision, images, reps, torch):
         with torch.inference_mode():  # as ComfyUI runs nodes
             return clip_vision.encode_image(batch())
 
-    times = interleave({
+    times = C.interleave({
         "encode_image": encode_image,
         "IPAKitEncode": lambda: host.outputs("IPAKitEncode", ipadapter=adapter, image=batch(), clip_vision=clip_vision),
     }, reps)

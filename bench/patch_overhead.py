@@ -23,7 +23,6 @@ FLOPs (q kᵀ, p v, softmax, add) over the UNet's FLOPs (torch FlopCounterMode).
 
 from __future__ import annotations
 
-import gc
 import statistics
 import subprocess
 import sys
@@ -95,21 +94,17 @@ def main(argv=None) -> None:
             syncs, layers = list(P.STATS.syncs), len(P.STATS.keys)
             queries = {key: (q.shape[1], q.shape[2]) for key, (q, _, _, _) in P.CAPTURED.items()}
             # interleaved pairs; every patched forward also gives the time spent inside our patch
-            inside, ratios = [], []
-            for i in range(pairs):
-                def run_patched():
-                    P.STATS.reset()
-                    t = C.timed(lambda: fwd(probe))
-                    inside.append(P.STATS.own_s)
-                    return t
+            inside = []
 
-                if i % 2 == 0:
-                    ta, tb = C.timed(lambda: fwd(model)), run_patched()
-                else:
-                    tb, ta = run_patched(), C.timed(lambda: fwd(model))
-                plain_times.append(ta)
-                ratios.append(tb / ta - 1.0)
-                gc.collect()
+            def run_patched():
+                fwd(probe)
+                inside.append(P.STATS.own_s)
+                P.STATS.reset()
+
+            P.STATS.reset()
+            times = C.interleave({"plain": lambda: fwd(model), "patched": run_patched}, pairs)
+            plain_times += times["plain"]
+            ratios = [tb / ta - 1.0 for ta, tb in zip(times["plain"], times["patched"])]
             # per-layer microbenchmark on the captured inputs
             layer_added, layer_before, text_total = per_layer(P, patches, convert, reps, _patch, torch)
             with torch.inference_mode():
