@@ -111,8 +111,8 @@ class UNetCall:
         context_dim = next(m.attn2.to_k.in_features for m in unet.modules() if getattr(m, "attn2", None) is not None)
         g = torch.Generator().manual_seed(seed)
         n = len(rows) * batch
-        self.hw, self.rows, self.batch, self.sigma = tuple(hw), list(rows), batch, sigma
-        self.x = torch.randn(n, 4, *self.hw, generator=g)
+        self.rows, self.batch, self.sigma = list(rows), batch, sigma
+        self.x = torch.randn(n, 4, *hw, generator=g)
         self.t = torch.full((n,), 500.0)
         self.context = torch.randn(n, 77, context_dim, generator=g)
         self.y = torch.randn(n, unet.label_emb[0][0].in_features, generator=g) if hasattr(unet, "label_emb") else None
