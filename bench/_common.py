@@ -1,7 +1,7 @@
 """Shared helpers of the benchmarks: boot the in-process ComfyUI host, build the cases, time, report.
 
-Every script runs on the random-weight models of `.cache/models` (made by tools/gen_comfy_models.py
-and tools/gen_ipadapter.py when missing), in-process ComfyUI on the CPU with pytorch attention, the
+Every script runs on the random-weight models of `.cache/models` (made by dev/standins/comfy_models.py
+and dev/standins/ipadapter.py when missing), in-process ComfyUI on the CPU with pytorch attention, the
 same host the tests use. Nothing here is imported by the pack.
 """
 
@@ -19,24 +19,23 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-MODELS = REPO / ".cache" / "models"
 OUT = REPO / "bench" / "out"
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))  # after ComfyUI's folder, which comfy_host puts first (the pack's nodes/ must not shadow it)
 
-from tools import gen_comfy_models  # noqa: E402 (needs the path above; imports without torch)
+from dev.authoring.examples import APPLY_DEFAULTS  # noqa: E402
+from dev.standins import comfy_models, names  # noqa: E402 (needs the path above; imports without torch)
 
-SD15 = gen_comfy_models.SD15_CHECKPOINT
-SDXL_SMALL = gen_comfy_models.SDXL_SMALL_CHECKPOINT
-VIT_H = gen_comfy_models.VIT_H
+SD15 = names.SD15_CHECKPOINT
+SDXL_SMALL = names.SDXL_SMALL_CHECKPOINT
+VIT_H = names.VIT_H
 ADAPTERS = {  # label -> (gen_ipadapter variant, subfolder, generator options)
     "base": ("sd15", None, {}),
     "plus": ("plus_sd15", None, {}),
-    "plus_sdxl_small": ("plus_sdxl_vit-h", gen_comfy_models.SDXL_SMALL_ADAPTER_SUBDIR,
-                        {"widths": gen_comfy_models.SDXL_SMALL_ATTN2_WIDTHS}),
+    "plus_sdxl_small": ("plus_sdxl_vit-h", names.SDXL_SMALL_SUBDIR, {"widths": comfy_models.SDXL_SMALL_WIDTHS}),
     "plus_sdxl_full": ("plus_sdxl_vit-h", None, {}),
 }
-APPLY = dict(weight=0.8, weight_type="linear", combine_embeds="concat", start_at=0.0, end_at=1.0, embeds_scaling="V only")
+APPLY = APPLY_DEFAULTS  # the settings the examples and tests apply
 
 
 # setup
@@ -58,17 +57,17 @@ def setup_torch(threads: int) -> None:
 
 def ensure_models(*adapters: str) -> None:
     """Generate the random ComfyUI models (in a child process) and the named adapters when the cache lacks them."""
-    gen_comfy_models.ensure_models_in_child(MODELS, ["sd15", "sdxl-small", "vit-h"])
+    comfy_models.ensure_models_in_child(names.MODELS_CACHE, ["sd15", "sdxl-small", "vit-h"])
     for label in adapters:
         adapter_path(label)
 
 
 def adapter_path(label: str) -> Path:
-    from tools import gen_ipadapter
+    from dev.standins import ipadapter
 
     variant, sub, kw = ADAPTERS[label]
-    folder = MODELS / "ipadapter" / sub if sub else MODELS / "ipadapter"
-    return Path(gen_ipadapter.ensure_checkpoint(variant, folder, **kw))
+    folder = names.MODELS_CACHE / "ipadapter" / sub if sub else names.MODELS_CACHE / "ipadapter"
+    return Path(ipadapter.ensure_checkpoint(variant, folder, **kw))
 
 
 def adapter_name(label: str) -> str:
@@ -81,9 +80,9 @@ def boot(threads: int):
     import tempfile
 
     setup_torch(threads)
-    from tools import comfy_host
+    from dev.host import comfy_host
 
-    host = comfy_host.boot(MODELS, output_dir=Path(tempfile.mkdtemp(prefix="ipakit-bench-")))
+    host = comfy_host.boot(names.MODELS_CACHE, output_dir=Path(tempfile.mkdtemp(prefix="ipakit-bench-")))
     setup_torch(threads)  # ComfyUI's import may have changed it
     return host
 
@@ -118,7 +117,7 @@ def stats(xs: list[float]) -> tuple[float, float, float]:
 
 def unet_flops(forward, model) -> float:
     """FLOPs of one unpatched UNet forward (matmuls, convs, CPU SDPA) by torch's FlopCounterMode; `forward`
-    is a tools.torch_probes.UNetCall.
+    is a dev.host.torch_probes.UNetCall.
 
     Counted on a meta-device replica built from the model's config, so no real forward is spent on it.
     """

@@ -17,7 +17,7 @@ import time
 
 import _common as C
 
-from tools.torch_probes import attn2_patches, held_tensors, resident_mib, rss_mib
+from dev.host.torch_probes import attn2_patches, held_tensors, resident_mib, rss_mib
 
 
 def main(argv=None) -> None:

@@ -1,4 +1,4 @@
-"""Shared helpers of the test suite: the model cache, API workflows and small checks.
+"""Shared helpers of the test suite: IP-Adapter stand-ins in the model cache, API workflows and small checks.
 
 Named `_host` so it cannot collide with ComfyUI's top-level modules (`nodes`, `server`, `execution`,
 `folder_paths`, `comfy`, ...), which the in-process host puts on sys.path.
@@ -10,18 +10,9 @@ import struct
 import sys
 from pathlib import Path
 
-from tools import gen_comfy_models
+from dev.standins import names
 
 REPO = Path(__file__).resolve().parent.parent
-MODELS_DIR = REPO / ".cache" / "models"
-
-# the stand-ins the generators write (tools/gen_comfy_models imports without torch)
-SD15_CHECKPOINT = gen_comfy_models.SD15_CHECKPOINT
-SDXL_SMALL_CHECKPOINT = gen_comfy_models.SDXL_SMALL_CHECKPOINT
-VIT_H = gen_comfy_models.VIT_H
-CONTROLNET_SD15 = gen_comfy_models.CONTROLNET_SD15
-SDXL_SMALL_WIDTHS = gen_comfy_models.SDXL_SMALL_ATTN2_WIDTHS  # SDXL adapters that fit the SDXL-small UNet ...
-SDXL_SMALL_SUBDIR = gen_comfy_models.SDXL_SMALL_ADAPTER_SUBDIR  # ... live in models/ipadapter/<this>/
 # IP-Adapter files every session gets (published names, full size, for the SD1.5 checkpoint)
 DEFAULT_IPADAPTERS = ("sd15", "plus_sd15")
 
@@ -29,18 +20,18 @@ DEFAULT_IPADAPTERS = ("sd15", "plus_sd15")
 # models
 
 
-def ensure_ipadapter(variant: str, models_dir: Path = MODELS_DIR, *, subdir: str | None = None, **kw) -> Path:
-    """An IP-Adapter checkpoint under `models_dir/ipadapter[/subdir]` via tools.gen_ipadapter."""
-    from tools import gen_ipadapter
+def ensure_ipadapter(variant: str, models_dir: Path, *, subdir: str | None = None, **kw) -> Path:
+    """An IP-Adapter checkpoint under `models_dir/ipadapter[/subdir]` via dev.standins.ipadapter (imports torch)."""
+    from dev.standins import ipadapter
 
     folder = models_dir / "ipadapter" / subdir if subdir else models_dir / "ipadapter"
-    return Path(gen_ipadapter.ensure_checkpoint(variant, folder, **kw))
+    return Path(ipadapter.ensure_checkpoint(variant, folder, **kw))
 
 
 # API-format workflows
 
 
-def txt2img_workflow(ckpt_name: str = SD15_CHECKPOINT, *, seed: int = 1, size: int = 64, steps: int = 1,
+def txt2img_workflow(ckpt_name: str = names.SD15_CHECKPOINT, *, seed: int = 1, size: int = 64, steps: int = 1,
                      prefix: str = "ipakit_test") -> dict:
     """CheckpointLoaderSimple -> CLIPTextEncode x2 -> EmptyLatentImage -> KSampler -> VAEDecode -> SaveImage."""
     return {
@@ -69,7 +60,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def free_memory() -> None:
     """Unload every model ComfyUI keeps loaded in this process (between heavy in-process tests)."""
-    from tools.torch_probes import trim_heap
+    from dev.host.torch_probes import trim_heap
 
     mm = sys.modules.get("comfy.model_management")
     if mm is not None:

@@ -3,11 +3,11 @@
 - `models_dir`: Path of the model cache `.cache/models` (checkpoints/, clip_vision/, controlnet/,
   ipadapter/, ...), with the random ComfyUI models and the default IP-Adapter files generated once.
 - `ipadapter_file`: factory `(variant, *, subdir=None, **kw) -> Path` for more IP-Adapter files there.
-- `comfy`: the in-process ComfyUI host (tools.comfy_host.InProcessHost) with the pack loaded from
+- `comfy`: the in-process ComfyUI host (dev.host.comfy_host.InProcessHost) with the pack loaded from
   custom_nodes/ipadapter_kit; `.run(class_id, **inputs)`, `.nodes`, `.NODE_CLASS_MAPPINGS`, `.pack`.
-- `server`: a real ComfyUI server (tools.comfy_host.ServerHandle: `.url`, `.output_dir`, `.log_text()`),
+- `server`: a real ComfyUI server (dev.host.comfy_host.ServerHandle: `.url`, `.output_dir`, `.log_text()`),
   started once per session on a free port with the same models and a temporary output folder.
-- `client`: a tools.comfy_client.ComfyClient for `server`, closed after the test.
+- `client`: a dev.host.comfy_client.ComfyClient for `server`, closed after the test.
 - `sd15_checkpoint`, `sdxl_small_checkpoint`, `vit_h`: the random models loaded in process, shared by the
   modules that use them; `pipe`: tests/_pipe.py's SD1.5 node pipeline over them (per module).
 """
@@ -20,7 +20,7 @@ import pytest
 
 import _host
 from _pipe import Pipe
-from tools import gen_comfy_models
+from dev.standins import comfy_models, names
 
 # diffusers and transformers decide once, at import, whether torchvision exists. Decide it now, before
 # the in-process host puts its import-only torchvision stand-in on sys.path, so neither tries to use it.
@@ -31,11 +31,11 @@ for _name in ("diffusers.utils.import_utils", "transformers.utils.import_utils")
 
 @pytest.fixture(scope="session")
 def models_dir():
-    _host.MODELS_DIR.mkdir(parents=True, exist_ok=True)
-    gen_comfy_models.ensure_models_in_child(_host.MODELS_DIR)
+    names.MODELS_CACHE.mkdir(parents=True, exist_ok=True)
+    comfy_models.ensure_models_in_child(names.MODELS_CACHE)
     for variant in _host.DEFAULT_IPADAPTERS:
-        _host.ensure_ipadapter(variant, _host.MODELS_DIR)
-    return _host.MODELS_DIR
+        _host.ensure_ipadapter(variant, names.MODELS_CACHE)
+    return names.MODELS_CACHE
 
 
 @pytest.fixture(scope="session")
@@ -48,14 +48,14 @@ def ipadapter_file(models_dir):
 
 @pytest.fixture(scope="session")
 def comfy(models_dir, tmp_path_factory):
-    from tools import comfy_host
+    from dev.host import comfy_host
 
     return comfy_host.boot(models_dir, output_dir=tmp_path_factory.mktemp("comfy-inprocess"))
 
 
 @pytest.fixture(scope="session")
 def server(models_dir, tmp_path_factory):
-    from tools import comfy_host
+    from dev.host import comfy_host
 
     handle = comfy_host.start_server(None, models_dir, work_dir=tmp_path_factory.mktemp("comfy-server"))
     yield handle
@@ -64,7 +64,7 @@ def server(models_dir, tmp_path_factory):
 
 @pytest.fixture
 def client(server):
-    from tools.comfy_client import ComfyClient
+    from dev.host.comfy_client import ComfyClient
 
     with ComfyClient(server.url) as c:
         yield c
@@ -104,19 +104,19 @@ def pytest_runtest_setup(item):
 @pytest.fixture(scope="module")
 def sd15_checkpoint(comfy):
     """(MODEL, CLIP, VAE) of the random full-architecture SD1.5 checkpoint."""
-    return _SHARED.get("sd15", lambda: comfy.outputs("CheckpointLoaderSimple", ckpt_name=_host.SD15_CHECKPOINT))
+    return _SHARED.get("sd15", lambda: comfy.outputs("CheckpointLoaderSimple", ckpt_name=names.SD15_CHECKPOINT))
 
 
 @pytest.fixture(scope="module")
 def sdxl_small_checkpoint(comfy):
     """(MODEL, CLIP, VAE) of the random SDXL checkpoint with the real 70-layer attention layout."""
-    return _SHARED.get("sdxl", lambda: comfy.outputs("CheckpointLoaderSimple", ckpt_name=_host.SDXL_SMALL_CHECKPOINT))
+    return _SHARED.get("sdxl", lambda: comfy.outputs("CheckpointLoaderSimple", ckpt_name=names.SDXL_SMALL_CHECKPOINT))
 
 
 @pytest.fixture(scope="module")
 def vit_h(comfy):
     """The random ViT-H/14 CLIP vision model."""
-    return _SHARED.get("vit_h", lambda: comfy.outputs("CLIPVisionLoader", clip_name=_host.VIT_H)[0])
+    return _SHARED.get("vit_h", lambda: comfy.outputs("CLIPVisionLoader", clip_name=names.VIT_H)[0])
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import ipadapter_core as core
+from dev.standins.ipadapter import make_state_dict, write_checkpoint
 from ipadapter_core.embeds import negative_features
-from tools.gen_ipadapter import make_state_dict, write_checkpoint
 
 
 def feats(n=3, shape=(5, 8), seed=0):

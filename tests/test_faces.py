@@ -1,9 +1,10 @@
 """ipadapter_core.faces with the REAL insightface + onnxruntime on the generated tiny packs.
 
-Expected boxes, keypoints and scores are written out from insightface-offline.md section 6, not computed
-by the code under test. The whole file runs once on the venv's insightface (2.x) and, through
+Expected boxes, keypoints and scores are written out from the tiny packs' design (dev/standins/insightface_pack.py:
+one face at the canvas centre, score sigmoid(6), a square box of 0.35 x the short side, the ArcFace template
+inside it), not computed by the code under test. The whole file runs once on the venv's insightface (2.x) and, through
 `test_same_suite_under_insightface_073`, once more in a subprocess on insightface 0.7.3
-(tools/insightface_073.py builds that side environment once, about 47 s cold, then it is cached).
+(dev/host/insightface_073.py builds that side environment once, about 47 s cold, then it is cached).
 """
 
 from __future__ import annotations
@@ -23,15 +24,15 @@ import torch
 
 insightface = pytest.importorskip("insightface")
 
+from dev.standins.insightface_pack import ensure_pack  # noqa: E402
 from ipadapter_core import faces as F  # noqa: E402
-from tools.gen_insightface_pack import ensure_pack  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PACK_ROOT = REPO / ".cache" / "insightface"
 EXPECT_VAR = "IPAKIT_EXPECT_INSIGHTFACE"  # set by the 0.7.3 run: the version this process must import
 REQUIRE_073_VAR = "IPAKIT_REQUIRE_INSIGHTFACE_073"  # set to 1 to fail (not skip) when 0.7.3 cannot be built
 
-# expectations from the doc
+# expectations (the tiny packs' design, written out)
 
 ARCFACE_DST = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
@@ -230,7 +231,7 @@ def test_select_face():
 
 
 def test_alignment_crops_have_the_expected_geometry(analyzer):
-    """The ArcFace template sits at 208 + 2 * dst, so norm_crop is a pure shift (section 5 branches)."""
+    """The ArcFace template sits at 208 + 2 * dst, so norm_crop is a pure shift."""
     image = textured(640, 640, seed=3)
     batch = F.analyze_images(analyzer, as_batch(image), crop_size=224)
     crop = (batch.crops[0].numpy() * 255).round().astype(int)
@@ -399,7 +400,7 @@ def test_missing_insightface_gives_install_hint(monkeypatch):
 def test_same_suite_under_insightface_073():
     if os.environ.get(EXPECT_VAR):
         pytest.skip("this is already the insightface 0.7.3 run")
-    from tools import insightface_073
+    from dev.host import insightface_073
 
     try:
         target = insightface_073.ensure_insightface_073()

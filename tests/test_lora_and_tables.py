@@ -5,8 +5,8 @@ import torch
 
 import ipadapter_core as core
 from _reference import REAL_SD15_CONFIG, REAL_SDXL_CONFIG, tiny_unet, topology_of
+from dev.standins.ipadapter import make_state_dict
 from ipadapter_core.lora import lora_delta, processor_names, to_diffusers_lora
-from tools.gen_ipadapter import make_state_dict
 
 REAL = {"sd15": REAL_SD15_CONFIG, "sdxl": REAL_SDXL_CONFIG}
 

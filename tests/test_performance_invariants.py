@@ -19,9 +19,11 @@ import torch
 
 import _host
 from _pipe import APPLY
-from tools.torch_probes import SyncRecorder, UNetCall, attn2_patches, resident_mib
+from dev.host.torch_probes import SyncRecorder, UNetCall, attn2_patches, resident_mib
+from dev.standins import names
+from dev.standins.comfy_models import SDXL_SMALL_WIDTHS
 
-PLUS_SDXL_SMALL = ("plus_sdxl_vit-h", {"subdir": _host.SDXL_SMALL_SUBDIR, "widths": _host.SDXL_SMALL_WIDTHS})
+PLUS_SDXL_SMALL = ("plus_sdxl_vit-h", {"subdir": names.SDXL_SMALL_SUBDIR, "widths": SDXL_SMALL_WIDTHS})
 
 
 class Observer:

@@ -8,7 +8,9 @@ import json
 import struct
 from pathlib import Path
 
-from tools import example_workflows, local_models, run_main, workflows
+from dev.authoring import examples, workflows
+from dev.mainjob import job, local_models, options
+from dev.standins import names
 
 SDXL_PROBE_SHAPE = [640, 2048]
 
@@ -32,7 +34,7 @@ def models_folder(root: Path, *, real_checkpoint: bool = True) -> Path:
     (root / "ipadapter").mkdir(parents=True)
     (root / "ipadapter" / "ip-adapter-plus_sd15.safetensors").write_bytes(b"x")
     (root / "clip_vision").mkdir(parents=True)
-    (root / "clip_vision" / "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors").write_bytes(b"x")
+    (root / "clip_vision" / names.VIT_H).write_bytes(b"x")
     return root
 
 
@@ -52,7 +54,7 @@ def test_real_models_are_found_in_a_models_folder(tmp_path):
     assert found.complete, found.missing
     assert found.checkpoint == "sd15/dreamy.safetensors"
     assert found.ipadapter == "ip-adapter-plus_sd15.safetensors"
-    assert found.clip_vision == "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+    assert found.clip_vision == names.VIT_H
 
     light = local_models.find_real(folders, preset="light - SD1.5 only (low strength)")
     assert not light.complete and "ip-adapter_sd15_light_v11" in light.missing[0]
@@ -82,25 +84,25 @@ def test_extra_model_paths_yaml_is_read_like_comfyui(tmp_path):
 
 def test_the_prompt_uses_the_checkpoint_found_or_fast_stand_ins():
     api = json.loads((workflows.API_DIR / "basic_image_prompt.json").read_text())
-    wf = example_workflows.BY_NAME["basic_image_prompt"]
-    args = run_main.parse_args([])
+    wf = examples.BY_NAME["basic_image_prompt"]
+    args = options.parse_args([])
 
     def inputs(prompt, class_type):
         return next(n["inputs"] for n in prompt.values() if n["class_type"] == class_type)
 
-    real = run_main.build_prompt(api, wf, "sd15/dreamy.safetensors", args)
+    real = job.build_prompt(api, wf, "sd15/dreamy.safetensors", args)
     assert inputs(real, "CheckpointLoaderSimple")["ckpt_name"] == "sd15/dreamy.safetensors"
     assert inputs(real, "KSampler")["steps"] == inputs(api, "KSampler")["steps"] > 1
-    random = run_main.build_prompt(api, wf, None, args)
-    assert inputs(random, "CheckpointLoaderSimple")["ckpt_name"] == workflows.SD15_RANDOM
+    random = job.build_prompt(api, wf, None, args)
+    assert inputs(random, "CheckpointLoaderSimple")["ckpt_name"] == names.SD15_CHECKPOINT
     assert inputs(random, "KSampler")["steps"] == 1 and inputs(random, "EmptyLatentImage")["width"] == 64
-    sized = run_main.build_prompt(api, wf, None, run_main.parse_args(["--steps", "4", "--size", "128"]))
+    sized = job.build_prompt(api, wf, None, options.parse_args(["--steps", "4", "--size", "128"]))
     assert inputs(sized, "KSampler")["steps"] == 4 and inputs(sized, "EmptyLatentImage")["height"] == 128
 
 
 def test_progress_prints_whole_lines_when_not_on_a_terminal():
     out = io.StringIO()
-    progress = run_main.Progress(out)
+    progress = job.Progress(out)
     progress.step(2, "models")
     for value in range(1, 5):
         progress.bar("KSampler", value, 4, width=4)

@@ -1,7 +1,7 @@
 """The example workflows on a real ComfyUI server (127.0.0.1): the pack in /object_info, the committed UI and API
 files, every workflow queued through the HTTP API, clear errors from failing nodes, and the README's main job.
 
-The workflows name published model files; tools.workflows.STAND_INS maps them onto the random-weight
+The workflows name published model files; dev.authoring.examples.STAND_INS maps them onto the random-weight
 stand-ins generated here, and FAST samples 64 px in one step.
 """
 
@@ -17,12 +17,12 @@ import sys
 import pytest
 
 import _host
-from tools import example_workflows as examples
-from tools import gen_comfy_models, workflow_pictures, workflows
+from dev.authoring import examples, graph, pictures, workflows
+from dev.standins import comfy_models, names
 
 pytestmark = pytest.mark.slow
 
-FRONTEND_ONLY = set(workflows.FRONTEND_ONLY)
+FRONTEND_ONLY = set(graph.FRONTEND_ONLY)
 
 
 @pytest.fixture(scope="module")
@@ -30,20 +30,20 @@ def ready(server, models_dir):
     """Every stand-in model and reference image the examples need, on the session server."""
     for wf in examples.WORKFLOWS:
         comfy, adapters = wf.stand_ins()
-        gen_comfy_models.ensure_models_in_child(models_dir, comfy)
+        comfy_models.ensure_models_in_child(models_dir, comfy)
         for variant, subdir, kwargs in adapters:
             _host.ensure_ipadapter(variant, models_dir, subdir=subdir, **kwargs)
         if wf.faces:
-            from tools.gen_insightface_pack import ensure_pack
+            from dev.standins.insightface_pack import ensure_pack
 
             ensure_pack(models_dir / "insightface", "buffalo_l")
-    workflow_pictures.write_references(server.input_dir)
+    pictures.write_references(server.input_dir)
     return server
 
 
 @pytest.fixture(scope="module")
 def info(ready):
-    from tools.comfy_client import ComfyClient
+    from dev.host.comfy_client import ComfyClient
 
     with ComfyClient(ready.url) as client:
         return client.object_info()
@@ -75,11 +75,11 @@ def test_every_pack_node_is_in_object_info_with_description_and_tooltips(info, c
 
 
 def test_committed_workflows_are_what_the_definitions_render(info):
-    from tools import setup_env
+    from dev.host import setup_env
 
     if setup_env.default_comfy_dir().resolve() != setup_env.BUNDLED_COMFYUI.resolve():
         pytest.skip("the committed UI files are rendered against the vendored ComfyUI's /object_info (core nodes differ elsewhere)")
-    assert workflows.stale_files(info) == [], "run: .venv/bin/python -m tools.workflows write"
+    assert workflows.stale_files(info) == [], "run: .venv/bin/python -m dev.authoring.workflows write"
     for wf in examples.WORKFLOWS:
         thumb = workflows.WORKFLOWS_DIR / f"{wf.name}.jpg"
         assert thumb.read_bytes()[:2] == b"\xff\xd8" and thumb.stat().st_size < 30_000, thumb
@@ -101,35 +101,35 @@ def test_workflows_use_only_pack_and_core_nodes(comfy):
     files = sorted(workflows.WORKFLOWS_DIR.rglob("*.json"))
     assert len(files) == 2 * len(examples.WORKFLOWS)
     for path in files:
-        foreign = workflows.node_types(json.loads(path.read_text())) - ours - core - FRONTEND_ONLY
+        foreign = graph.node_types(json.loads(path.read_text())) - ours - core - FRONTEND_ONLY
         assert not foreign, f"{path.name} uses nodes that are neither the pack's nor ComfyUI core: {sorted(foreign)}"
 
 
 def test_the_ui_check_catches_drift(info):
     ui = _ui("basic_image_prompt")
-    assert workflows.check_api(workflows.localize(workflows.to_api(ui, info), workflows.STAND_INS["sd15"]), info) == []
+    assert graph.check_api(graph.localize(graph.to_api(ui, info), examples.STAND_INS["sd15"]), info) == []
 
     apply = next(n for n in ui["nodes"] if n["type"] == "IPAKitApply")
     short = json.loads(json.dumps(ui))
     next(n for n in short["nodes"] if n["id"] == apply["id"])["widgets_values"].pop()
-    with pytest.raises(workflows.WorkflowError, match="6 widget values for 7 widgets"):
-        workflows.to_api(short, info)
+    with pytest.raises(graph.WorkflowError, match="8 widget values for 9 widgets"):
+        graph.to_api(short, info)
 
     # the node gained a widget: the saved values no longer line up with its inputs
     grown = json.loads(json.dumps(info))
     required = grown["IPAKitApply"]["input"]["required"]
     grown["IPAKitApply"]["input"]["required"] = {"weight_scale": ["FLOAT", {"default": 1.0}], **required}
-    with pytest.raises(workflows.WorkflowError, match="7 widget values for 8 widgets"):
-        workflows.to_api(ui, grown)
+    with pytest.raises(graph.WorkflowError, match="9 widget values for 10 widgets"):
+        graph.to_api(ui, grown)
 
     renamed = json.loads(json.dumps(info))
     spec = renamed["IPAKitApply"]["input"]["required"]
     renamed["IPAKitApply"]["input"]["required"] = {("strength" if k == "weight" else k): v for k, v in spec.items()}
-    problems = workflows.check_api(workflows.to_api(ui, info), renamed)
+    problems = graph.check_api(graph.to_api(ui, info), renamed)
     assert any("unknown input 'weight'" in p for p in problems) and any("'strength' is missing" in p for p in problems)
 
-    bad = workflows.localize(workflows.to_api(ui, info), {("IPAKitApply", "weight_type"): "sideways"})
-    assert any("'sideways' is not one of" in p for p in workflows.check_api(bad, info))
+    bad = graph.localize(graph.to_api(ui, info), {("IPAKitApply", "weight_type"): "sideways"})
+    assert any("'sideways' is not one of" in p for p in graph.check_api(bad, info))
 
 
 # every example, queued through the API
@@ -139,7 +139,7 @@ _saved_embeds: dict[str, str] = {}
 
 
 def _tables(wf) -> list[dict]:
-    tables = [workflows.STAND_INS[wf.family], workflows.FAST]
+    tables = [examples.STAND_INS[wf.family], examples.FAST]
     if wf.after == "embeds_1_save":
         tables.append({("IPAKitLoadEmbeds", "embeds"): _saved_embeds["name"]})
     return tables
@@ -147,10 +147,10 @@ def _tables(wf) -> list[dict]:
 
 def _run(wf, client) -> dict:
     info = client.object_info()  # now: Load Image and Load Embeds list the files there at this moment
-    api = workflows.to_api(_ui(wf.name), info)
+    api = graph.to_api(_ui(wf.name), info)
     assert api == _api(wf.name), f"workflows/api/{wf.name}.json is not the conversion of workflows/{wf.name}.json"
-    prompt = workflows.localize(api, *_tables(wf))
-    problems = workflows.check_api(prompt, info)
+    prompt = graph.localize(api, *_tables(wf))
+    problems = graph.check_api(prompt, info)
     assert not problems, f"{wf.name} does not fit the nodes' inputs:\n" + "\n".join(problems)
     entry = client.wait(client.queue(prompt), timeout=900)
     assert entry["status"]["status_str"] == "success"
@@ -188,9 +188,9 @@ def _record_embeds(entry: dict) -> None:
 
 
 def test_failing_nodes_report_clear_errors_and_the_server_keeps_serving(ready, client):
-    from tools.comfy_client import ExecutionFailed, PromptRejected
+    from dev.host.comfy_client import ExecutionFailed, PromptRejected
 
-    basic = workflows.localize(_api("basic_image_prompt"), workflows.STAND_INS["sd15"], workflows.FAST)
+    basic = graph.localize(_api("basic_image_prompt"), examples.STAND_INS["sd15"], examples.FAST)
     loader_id = next(nid for nid, n in basic.items() if n["class_type"] == "IPAKitUnifiedLoader")
     apply_id = next(nid for nid, n in basic.items() if n["class_type"] == "IPAKitApply")
 
@@ -211,7 +211,7 @@ def test_failing_nodes_report_clear_errors_and_the_server_keeps_serving(ready, c
     assert "ip-adapter-no-such-file.safetensors" in str(rejected.value)
 
     # an SDXL adapter on an SD1.5 model: fails at run time with a message that names both and the fix
-    sdxl = f"{workflows.SDXL_SMALL_SUBDIR}/ip-adapter-plus_sdxl_vit-h.safetensors"
+    sdxl = f"{names.SDXL_SMALL_SUBDIR}/ip-adapter-plus_sdxl_vit-h.safetensors"
     with pytest.raises(ExecutionFailed) as failed:
         client.run(with_model_loader(sdxl), timeout=600)
     assert failed.value.node_id == apply_id and failed.value.node_type == "IPAKitApply"
@@ -227,7 +227,7 @@ def test_failing_nodes_report_clear_errors_and_the_server_keeps_serving(ready, c
     assert re.search(r"has no SD1\.?5 version; pick another preset", failed.value.exception_message)
 
     # a missing embeds file is refused at queue time by the node's own check
-    load = workflows.localize(_api("embeds_2_load"), workflows.STAND_INS["sd15"], workflows.FAST,
+    load = graph.localize(_api("embeds_2_load"), examples.STAND_INS["sd15"], examples.FAST,
                               {("IPAKitLoadEmbeds", "embeds"): "gone.safetensors"})
     with pytest.raises(PromptRejected) as rejected:
         client.queue(load)
@@ -246,7 +246,7 @@ def test_failing_nodes_report_clear_errors_and_the_server_keeps_serving(ready, c
 def test_main_job_sets_up_runs_the_basic_workflow_and_reuses_everything(ready, client, tmp_path):
     client.free()  # the session server's models out of memory while the demo's own server runs
     python = shutil.which("python3") or sys.executable
-    cmd = [python, "tools/run_main.py", "--models", str(_host.MODELS_DIR), "--work-dir", str(tmp_path / "run")]
+    cmd = [python, "dev/run_main.py", "--models", str(names.MODELS_CACHE), "--work-dir", str(tmp_path / "run")]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "IPAKIT_COMFYUI", "IPAKIT_MODELS")}
     proc = subprocess.run(cmd, cwd=_host.REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=600)

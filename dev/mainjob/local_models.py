@@ -1,10 +1,10 @@
-"""Find real models for the demo (tools/run_main.py) in a user's model folders, without loading any of them.
+"""Find real models for the main job (dev/run_main.py) in a user's model folders, without loading any of them.
 
 Folders come from a ComfyUI `models` folder (`models/<kind>/`) and from extra_model_paths.yaml files
 (sections of `base_path` plus `<kind>: <path lines>`, as ComfyUI reads them). A model set is "real" when
 it holds an SD1.5 checkpoint that is not one of our random-weight stand-ins, the IP-Adapter file the
 basic workflow's Unified Loader preset picks, and its CLIP vision model. File names are matched with
-the pack's own rules (nodes/_presets.py), so what is found here is what the node will load.
+the pack's own rules (ipadapter_core/presets.py), so what is found here is what the node will load.
 
 Checkpoints are recognised from the `.safetensors` header alone (8 bytes of length, then JSON):
 SD1.5's first cross-attention reads 768-wide text (`...input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight`
@@ -13,33 +13,21 @@ is [320, 768]); our generators mark their files with `"weights": "random ..."` i
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 import os
 import struct
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-KINDS = ("checkpoints", "ipadapter", "clip_vision")
+import yaml
+
+from ipadapter_core import presets
+
 SD15_PROBE = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 MODEL_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".sft")
 MAX_HEADER = 100_000_000
 
 Folders = dict[str, list[Path]]
-
-
-@functools.cache
-def presets():
-    """The pack's preset table and name matching (nodes/_presets.py needs only the stdlib), loaded by path:
-    importing it as `nodes._presets` would shadow ComfyUI's own `nodes` module."""
-    spec = importlib.util.spec_from_file_location("ipakit_presets", REPO / "nodes" / "_presets.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
 
 
 # folders
@@ -65,8 +53,6 @@ def from_models_dir(models_dir: str | os.PathLike) -> Folders:
 
 def from_yaml(path: str | os.PathLike) -> Folders:
     """The folders an extra_model_paths.yaml adds; relative paths are taken from the YAML's folder."""
-    import yaml
-
     path = Path(path).expanduser().resolve()
     data = yaml.safe_load(path.read_text()) or {}
     out: Folders = {}
@@ -85,7 +71,7 @@ def from_yaml(path: str | os.PathLike) -> Folders:
 
 def write_yaml(folders: Folders, path: Path) -> Path:
     """An extra_model_paths.yaml with absolute paths for `folders` (the 2024 host reads relative ones from its CWD)."""
-    lines = ["# written by tools/run_main.py", "ipakit_user_models:"]
+    lines = ["# written by dev/run_main.py", "ipakit_user_models:"]
     for kind, paths in folders.items():
         lines.append(f"  {kind}: |")
         lines += [f"    {p}" for p in paths]
@@ -167,13 +153,12 @@ def find_real(folders: Folders, *, preset: str, placeholder: str | None = None, 
             found.checkpoint = real[0]
         else:
             found.missing.append(f"an SD1.5 .safetensors checkpoint with trained weights (in {_where(folders, 'checkpoints')})")
-    p = presets()
-    adapter = p.pick_adapter(list(files(folders, "ipadapter")), preset, "sd15")
+    adapter = presets.pick_adapter(list(files(folders, "ipadapter")), preset, "sd15")
     if adapter.file is None:
         found.missing.append(f"the IP-Adapter for '{preset}' ({adapter.accepted[0]}, in {_where(folders, 'ipadapter')})")
     found.ipadapter = adapter.file
-    encoder = p.PRESETS[preset][2]
-    clip = p.pick_clip(list(files(folders, "clip_vision")), encoder)
+    encoder = presets.PRESETS[preset][2]
+    clip = presets.pick_clip(list(files(folders, "clip_vision")), encoder)
     if clip.file is None:
         found.missing.append(f"the CLIP vision model {clip.accepted[0]}.safetensors (in {_where(folders, 'clip_vision')})")
     found.clip_vision = clip.file

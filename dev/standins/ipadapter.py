@@ -1,15 +1,15 @@
 """Random-weight IP-Adapter checkpoints in the published key layouts of Ye et al. (2023).
 
-Real model files cannot be downloaded in CI, so tests and the README demo use these instead. Every key
-name and shape follows docs/checkpoint-layouts.md (sections 2-5); the weights are random but drawn from
-numpy PCG64, so a given (variant, options, seed) gives byte-identical `.safetensors` across torch
+Real model files cannot be downloaded in CI, so the tests and the README's main job use these instead.
+Every key name and shape is the published files' (the reference implementation's modules); the weights are
+random but drawn from numpy PCG64, so a given (variant, options, seed) gives byte-identical `.safetensors` across torch
 versions.
 
 Scales:
 - "full": the published shapes exactly.
 - "tiny": the same key SET with small widths, for fast tests. It keeps these relations:
   - topology: same number of cross-attention layers (SD1.5 16, SDXL/Kolors 70) and the same N numbering;
-    default widths and C are the doc's section 11 tiny UNets (SD1.5 block_out (32, 32, 64, 64), C=64;
+    default widths and C are those of tiny test UNets (SD1.5 block_out (32, 32, 64, 64), C=64;
     SDXL/Kolors block_out (16, 32, 32), C=128);
   - T (image tokens) unchanged: ImageProj T = proj rows / norm width = 4, Resampler T = latents.shape[1]
     = 16, FaceID MLP T = proj.2 rows / norm width = 4 (16 for portrait), FaceID-Plus 4 (Kolors 6);
@@ -56,7 +56,7 @@ FACE_HIDDEN = 1024  # FaceID MLP hidden width (2 x FACE_DIM)
 DEPTH = 4  # perceiver layers
 FF_MULT = 4
 
-# configuration: per-cross-attention-layer widths h_N in checkpoint order (N = 1, 3, 5, ...), section 2
+# configuration: per-cross-attention-layer widths h_N in checkpoint order (N = 1, 3, 5, ...)
 
 SD15_WIDTHS = (320,) * 2 + (640,) * 2 + (1280,) * 2 + (1280,) * 3 + (640,) * 3 + (320,) * 3 + (1280,)
 SDXL_WIDTHS = (640,) * 4 + (1280,) * 20 + (1280,) * 30 + (640,) * 6 + (1280,) * 10
@@ -75,7 +75,7 @@ FORMATS = {"safetensors": ".safetensors", "bin": ".bin"}
 
 @dataclass(frozen=True)
 class Variant:
-    """One published file, with the dimensions docs/checkpoint-layouts.md section 4.2 gives it."""
+    """One published file and its dimensions."""
 
     stem: str  # published file name without extension
     family: str  # "sd15" | "sdxl" | "kolors" (UNet topology and C)
@@ -87,10 +87,10 @@ class Variant:
     resampler_heads: int | None = None  # Resampler heads (I = heads x 64)
     face_dim: int | None = None  # insightface embedding width, when consumed
     token_dim: int | None = None  # width of the image tokens when it is not C (Kolors FaceID 4096)
-    lora: bool = False  # FaceID LoRA on every processor (section 3)
+    lora: bool = False  # FaceID LoRA on every processor
     shortcut: bool = False  # FaceID-Plus v2 shortcut (told apart only by filename)
     key_style: str = "published"  # group names of the published file
-    inferred: bool = False  # layout marked [inferred] in the doc
+    inferred: bool = False  # layout inferred, not read from a published file's keys
 
     def __post_init__(self):
         if self.family not in FAMILIES or self.projection not in PROJECTIONS:
@@ -221,7 +221,7 @@ def _norm(name, dim):
 
 
 def _perceiver_layers(dim, heads):
-    """The four PerceiverAttention + FeedForward pairs of section 5.1."""
+    """The four PerceiverAttention + FeedForward pairs of a perceiver (Resampler, FaceID-Plus)."""
     inner = heads * HEAD_DIM
     for i in range(DEPTH):
         yield from _norm(f"layers.{i}.0.norm1", dim)
@@ -241,7 +241,7 @@ def _face_mlp(tokens, width):
 
 
 def image_proj_layout(variant: str, dims: Dims) -> list[tuple[str, tuple[int, ...], object]]:
-    """(key, shape, init) rows of the `image_proj` group (sections 4.2, 5.1, 5.2)."""
+    """(key, shape, init) rows of the `image_proj` group."""
     v, c, w = _variant(variant), dims.cross_dim, dims.token_dim
     if v.projection == "image_proj":
         rows = [*_linear("proj", v.tokens * c, dims.clip_dim), *_norm("norm", c)]
@@ -262,7 +262,7 @@ def image_proj_layout(variant: str, dims: Dims) -> list[tuple[str, tuple[int, ..
 
 
 def ip_adapter_layout(variant: str, dims: Dims) -> list[tuple[str, tuple[int, ...], object]]:
-    """(key, shape, init) rows of the `ip_adapter` group (sections 2 and 3)."""
+    """(key, shape, init) rows of the `ip_adapter` group (FaceID LoRA keys included)."""
     rows = []
     for n in range(2 * len(dims.widths)):
         h, cross = dims.widths[n // 2], n % 2 == 1
@@ -407,7 +407,7 @@ def _atomic(path, write):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m tools.gen_ipadapter --out DIR [--variants ...] [--scale full|tiny] [--fmt ...]`."""
+    """`python -m dev.standins.ipadapter --out DIR [--variants ...] [--scale full|tiny] [--fmt ...]`."""
     parser = argparse.ArgumentParser(description="Write random-weight IP-Adapter checkpoints in published layouts.")
     parser.add_argument("--out", required=True, type=Path, help="directory to write into (cached by name)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="ID",

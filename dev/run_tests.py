@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""The project's test command: `python3 tools/run_tests.py [pytest args...]`.
+"""The project's test command: `python3 dev/run_tests.py [pytest args...]`.
 
-Sets up `.venv` and the ComfyUI test host (tools/setup_env.py; fast when already done), then runs
+Sets up `.venv` and the ComfyUI test host (dev/host/setup_env.py; fast when already done), then runs
 `.venv/bin/python -m pytest -c tests/pytest.ini tests` from the repository root and exits with
 pytest's code. `-c tests/pytest.ini` makes tests/ the rootdir, so pytest never imports the pack's
 root `__init__.py` (which needs ComfyUI). Paths among the arguments are taken relative to the
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tools import setup_env  # noqa: E402
+from dev.host import setup_env  # noqa: E402 (needs the path above)
 
 
 def pytest_command(python: Path, argv: list[str]) -> list[str]:
@@ -34,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
     try:
-        env = setup_env.ensure()
+        python = setup_env.ensure()
     except (RuntimeError, ValueError, OSError) as err:
         print(f"[run_tests] setup failed: {err}", file=sys.stderr)
         return 1
-    cmd = pytest_command(env.python, argv)
+    cmd = pytest_command(python, argv)
     print(f"[run_tests] {' '.join(cmd)}", flush=True)
     child_env = dict(os.environ)
     child_env.pop("PYTHONPATH", None)  # the repo root comes from tests/pytest.ini; nothing may shadow ComfyUI

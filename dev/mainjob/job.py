@@ -1,45 +1,31 @@
-#!/usr/bin/env python3
-"""The README's first command: set up ComfyUI with the pack, start it on 127.0.0.1, queue the basic example
-workflow through the HTTP API and print where the images are.
+"""Steps 2 to 4 of the README's first command, run by `dev/run_main.py` with the `.venv` Python once step 1
+(setup) is done: `python -m dev.mainjob.job [the same arguments]`.
 
-    python3 tools/run_main.py [--comfyui PATH] [--models DIR] [--extra-model-paths FILE] [--keep-running]
-
-1. setup: `.venv` with the pinned packages, the bundled ComfyUI in `.host/ComfyUI` (or yours: --comfyui or
-   $IPAKIT_COMFYUI), the pack linked into its custom_nodes (tools/setup_env.py);
-2. models: your real models when the folders you point to (--models, --extra-model-paths, your ComfyUI's
-   models/ and extra_model_paths.yaml) hold an SD1.5 checkpoint, the IP-Adapter of the workflow's preset
-   and its CLIP vision model; otherwise random-weight stand-ins in `.cache/models` (the images are noise);
-3. server: ComfyUI on 127.0.0.1 (a free port unless --port), logs in the work folder;
-4. job: workflows/api/basic_image_prompt.json queued with POST /prompt, progress read from the WebSocket,
-   the images fetched with /view into --out.
-
-Each step skips what is already there, so a re-run starts the server and samples, nothing more. This file
-runs under any python3 (stdlib only) until step 1 has made `.venv`; then it re-runs itself with that
-interpreter.
+2. models: the user's real models when the folders given (--models, --extra-model-paths, the ComfyUI's own
+   models/ and extra_model_paths.yaml) hold a complete set for the basic workflow (dev/mainjob/local_models.py);
+   otherwise the random-weight stand-ins in `.cache/models` (dev/standins/), generated once;
+3. server: ComfyUI on 127.0.0.1 (dev/host/comfy_host.py), its folders and log in the work folder;
+4. job: workflows/api/basic_image_prompt.json queued with POST /prompt, progress read from the WebSocket and
+   shown as text, the images fetched with /view into --out (dev/host/comfy_client.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from dev.authoring import examples, pictures, workflows
+from dev.authoring.graph import localize
+from dev.host import comfy_host, setup_env
+from dev.host.comfy_client import ComfyClient, ComfyError
+from dev.mainjob import local_models, options
+from dev.standins import comfy_models
+from dev.standins.names import MODELS_CACHE
 
-from tools import setup_env  # noqa: E402
-
-STAGE_ENV = "IPAKIT_RUN_MAIN_STAGE"
-ENV_MODELS = "IPAKIT_MODELS"
-ENV_PYTHON = "IPAKIT_PYTHON"
-MODELS_CACHE = REPO / ".cache" / "models"
-WORK_DIR = REPO / ".host" / "run"
-STEPS = 4
+REPO = setup_env.REPO
 NOISE = ("The models are random-weight stand-ins in the real layouts, so the images are noise: this proves the "
          "pipeline, not the pictures. Point --models or --extra-model-paths at trained models for real pictures.")
 
@@ -54,7 +40,7 @@ class Progress:
         self.open_line = False
 
     def step(self, n: int, text: str) -> None:
-        self.line(f"[{n}/{STEPS}] {text}")
+        self.line(f"[{n}/{options.STEPS}] {text}")
 
     def line(self, text: str) -> None:
         self.end_update()
@@ -99,8 +85,6 @@ class Progress:
 
 def model_sources(args, comfy_dir: Path):
     """The model folders to look in: --models, --extra-model-paths, and the ComfyUI's own models/ and YAML."""
-    from tools import local_models
-
     parts = []
     if args.models:
         parts.append(local_models.from_models_dir(args.models))
@@ -114,22 +98,23 @@ def model_sources(args, comfy_dir: Path):
 
 
 def generate_stand_ins(progress: Progress, workflow) -> None:
-    """The random-weight models the workflow needs, in .cache/models (only the missing ones)."""
-    from tools import gen_comfy_models, gen_ipadapter
+    """The random-weight models the workflow needs, in .cache/models (only the missing ones): the ComfyUI models
+    each in a child Python (its memory goes with it), the IP-Adapter files here."""
+    from dev.standins import ipadapter  # imports torch: only when stand-ins are used, never with real models
 
     comfy, adapters = workflow.stand_ins()
     for name in comfy:
-        model = gen_comfy_models.MODELS[name]
+        model = comfy_models.MODELS[name]
         if (MODELS_CACHE / model.relpath).exists():
             progress.line(f"      {model.relpath}: there")
             continue
-        progress.run([sys.executable, "-m", "tools.gen_comfy_models", "--out", str(MODELS_CACHE), "--only", name],
+        progress.run([sys.executable, "-m", "dev.standins.comfy_models", "--out", str(MODELS_CACHE), "--only", name],
                      f"generating {model.relpath} ({model.description})")
     for variant, subdir, kwargs in adapters:
         folder = MODELS_CACHE / "ipadapter" / (subdir or "")
-        path = folder / gen_ipadapter.published_filename(variant, kwargs.get("fmt", "safetensors"))
+        path = folder / ipadapter.published_filename(variant, kwargs.get("fmt", "safetensors"))
         there = path.exists()
-        gen_ipadapter.ensure_checkpoint(variant, folder, **kwargs)  # also redone when its stamp changed
+        ipadapter.ensure_checkpoint(variant, folder, **kwargs)  # also redone when its stamp changed
         progress.line(f"      {path.relative_to(MODELS_CACHE)}: {'there' if there else 'generated'}")
 
 
@@ -138,11 +123,9 @@ def generate_stand_ins(progress: Progress, workflow) -> None:
 
 def build_prompt(api: dict, workflow, checkpoint: str | None, args) -> dict:
     """The workflow's API form with the checkpoint found (or the stand-ins, fast settings when random)."""
-    from tools import workflows
-
     tables = []
     if checkpoint is None:
-        tables += [workflows.STAND_INS[workflow.family], workflows.FAST]
+        tables += [examples.STAND_INS[workflow.family], examples.FAST]
     else:
         tables.append({("CheckpointLoaderSimple", "ckpt_name"): checkpoint})
     sizes = {}
@@ -150,7 +133,7 @@ def build_prompt(api: dict, workflow, checkpoint: str | None, args) -> dict:
         sizes[("KSampler", "steps")] = args.steps
     if args.size:
         sizes.update({("EmptyLatentImage", "width"): args.size, ("EmptyLatentImage", "height"): args.size})
-    return workflows.localize(api, *tables, sizes)
+    return localize(api, *tables, sizes)
 
 
 def follow(progress: Progress, prompt: dict):
@@ -171,19 +154,16 @@ def follow(progress: Progress, prompt: dict):
 
 
 def run(args) -> int:
-    from tools import comfy_host, example_workflows, local_models, workflow_pictures, workflows
-    from tools.comfy_client import ComfyClient, ComfyError
-
     progress = Progress()
     comfy_dir = setup_env.check_comfyui(args.comfyui) if args.comfyui else setup_env.BUNDLED_COMFYUI
     bundled = not args.comfyui
-    workflow = example_workflows.BY_NAME[example_workflows.MAIN]
+    workflow = examples.BY_NAME[examples.MAIN]
     api = json.loads((workflows.API_DIR / f"{workflow.name}.json").read_text())
     preset = next(n["inputs"]["preset"] for n in api.values() if n["class_type"] == "IPAKitUnifiedLoader")
 
     progress.step(2, "models")
     folders = model_sources(args, comfy_dir)
-    found = local_models.find_real(folders, preset=preset, placeholder=example_workflows.CKPT_SD15,
+    found = local_models.find_real(folders, preset=preset, placeholder=examples.CKPT_SD15,
                                    checkpoint=args.checkpoint)
     work_dir = Path(args.work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -208,7 +188,7 @@ def run(args) -> int:
     progress.update(f"      ready at {server.url} in {time.monotonic() - started:.1f} s (log {server.log_path})", final=True)
     try:
         prompt = build_prompt(api, workflow, found.checkpoint if found.complete else None, args)
-        workflow_pictures.write_references(server.input_dir, workflow_pictures.references_used(prompt))
+        pictures.write_references(server.input_dir, pictures.references_used(prompt))
         progress.step(4, f"job: workflows/{workflow.name}.json through POST /prompt")
         started = time.monotonic()
         with ComfyClient(server.url) as client:
@@ -248,51 +228,12 @@ def _comfy_python(comfy_dir: Path, bundled: bool) -> str | None:
     return None
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--comfyui", metavar="PATH", default=os.environ.get(setup_env.ENV_COMFYUI),
-                        help=f"your ComfyUI folder (default: ${setup_env.ENV_COMFYUI}, else the bundled 2024 host)")
-    parser.add_argument("--models", metavar="DIR", default=os.environ.get(ENV_MODELS),
-                        help=f"a ComfyUI models folder with your models (default: ${ENV_MODELS})")
-    parser.add_argument("--extra-model-paths", metavar="FILE", action="append", default=[],
-                        help="an extra_model_paths.yaml naming your model folders (repeatable)")
-    parser.add_argument("--checkpoint", metavar="NAME", help="the SD1.5 checkpoint to use, as ComfyUI lists it")
-    parser.add_argument("--port", type=int, help="server port on 127.0.0.1 (default: a free one)")
-    parser.add_argument("--python", default=os.environ.get(ENV_PYTHON),
-                        help="python that runs ComfyUI (default: your ComfyUI's venv if it has one, else .venv)")
-    parser.add_argument("--gpu", action="store_true", help="let ComfyUI use the GPU (needs a CUDA torch in --python)")
-    parser.add_argument("--steps", type=int, help="sampling steps (default: the workflow's; 1 with random models)")
-    parser.add_argument("--size", type=int, help="image size in pixels (default: the workflow's; 64 with random models)")
-    parser.add_argument("--work-dir", default=str(WORK_DIR), help="server folders and log (default: %(default)s)")
-    parser.add_argument("--out", help="where the images are saved (default: <work-dir>/images)")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the images (default %(default)s)")
-    parser.add_argument("--keep-running", action="store_true", help="leave ComfyUI running afterwards (Ctrl+C stops it)")
-    args = parser.parse_args(argv)
-    args.out = args.out or str(Path(args.work_dir) / "images")
-    return args
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    if os.environ.get(STAGE_ENV) == "venv":
-        try:
-            return run(args)
-        except (RuntimeError, ValueError, OSError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-    print(f"[1/{STEPS}] setup (the first run installs about 1.4 GB of packages: a few minutes)", flush=True)
     try:
-        env = setup_env.ensure(args.comfyui)
+        return run(options.parse_args(argv))
     except (RuntimeError, ValueError, OSError) as err:
-        print(f"error: setup failed: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 1
-    child_env = dict(os.environ, **{STAGE_ENV: "venv"})
-    child_env.pop("PYTHONPATH", None)
-    try:
-        return subprocess.call([str(env.python), str(Path(__file__).resolve()), *argv], env=child_env, cwd=REPO)
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
     for ref in client.images(prompt_id):
         client.download(ref, "out/")
 
-CLI: python -m tools.comfy_client --url http://127.0.0.1:8188 run workflow_api.json --out DIR
+CLI: python -m dev.host.comfy_client --url http://127.0.0.1:8188 run workflow_api.json --out DIR
 
 `wait` follows the WebSocket (`/ws?clientId=`): `progress` ({value, max, node}) and `executing`
 events go to `on_progress(event_type, data)`; the prompt is done at `executing` with `node: null` for
@@ -36,6 +36,7 @@ from typing import Callable
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 HISTORY_CHECK_S = 5.0  # while the socket is silent, look at /history this often (safety net)
+HTTP_TIMEOUT_S = 60.0  # per HTTP request
 
 ProgressCallback = Callable[[str, dict], None]
 
@@ -224,11 +225,9 @@ class WebSocket:
 class ComfyClient:
     """Client of one ComfyUI server at `base_url` (e.g. "http://127.0.0.1:8188")."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8188", *, client_id: str | None = None,
-                 http_timeout: float = 60.0):
+    def __init__(self, base_url: str = "http://127.0.0.1:8188"):
         self.base_url = base_url.rstrip("/")
-        self.client_id = client_id or uuid.uuid4().hex
-        self.http_timeout = http_timeout
+        self.client_id = uuid.uuid4().hex
         self._ws: WebSocket | None = None
 
     # HTTP
@@ -238,7 +237,7 @@ class ComfyClient:
         req = urllib.request.Request(self.base_url + path, data=body,
                                      headers={"Content-Type": "application/json"} if body else {})
         try:
-            with urllib.request.urlopen(req, timeout=self.http_timeout) as resp:
+            with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as err:
             return err.code, err.read()
@@ -256,14 +255,12 @@ class ComfyClient:
         """All node definitions, or one class's (`{class_type: {...}}`)."""
         return self.get_json("/object_info" + (f"/{urllib.parse.quote(class_type)}" if class_type else ""))
 
-    def queue(self, prompt: dict, client_id: str | None = None) -> str:
+    def queue(self, prompt: dict) -> str:
         """POST an API-format prompt; returns its prompt_id. Raises PromptRejected on HTTP 400/500."""
         if "nodes" in prompt and "links" in prompt:
             raise ValueError("this is a UI-format workflow; export it with 'Save (API Format)' to queue it")
-        cid = client_id or self.client_id
-        if cid == self.client_id:
-            self._open_ws()  # before posting, so the first events are not missed
-        status, body = self._request("/prompt", {"prompt": prompt, "client_id": cid})
+        self._open_ws()  # before posting, so the first events are not missed
+        status, body = self._request("/prompt", {"prompt": prompt, "client_id": self.client_id})
         try:
             answer = json.loads(body)
         except ValueError:
@@ -278,12 +275,9 @@ class ComfyClient:
         """The /history entry of `prompt_id` ({} while it has not finished)."""
         return self.get_json(f"/history/{urllib.parse.quote(prompt_id)}").get(prompt_id, {})
 
-    def queue_state(self) -> dict:
-        return self.get_json("/queue")
-
-    def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
+    def free(self) -> None:
         """POST /free: the server unloads its models (and drops its cached node outputs) once it is idle."""
-        status, body = self._request("/free", {"unload_models": unload_models, "free_memory": free_memory})
+        status, body = self._request("/free", {"unload_models": True, "free_memory": True})
         if status != 200:
             raise ComfyError(f"POST /free: HTTP {status}: {body[:200].decode(errors='replace')}")
 

@@ -56,26 +56,12 @@ def attn2_patches(model) -> dict:
 
 
 def held_tensors(patches) -> dict[int, int]:
-    """Storage pointer -> bytes of every tensor our patch objects keep (plans, masks, caches); meta tensors skipped."""
+    """Storage pointer -> bytes of every tensor our patch objects keep (`LayerPlan.tensors()`); meta tensors skipped."""
     held: dict[int, int] = {}
-
-    def visit(x):
-        if isinstance(x, torch.Tensor):
+    for patch in patches:
+        for x in patch.plan.tensors():
             if x.device.type != "meta":
                 held[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
-        elif isinstance(x, (list, tuple)):
-            for y in x:
-                visit(y)
-        elif isinstance(x, dict):
-            for y in x.values():
-                visit(y)
-        elif hasattr(x, "__dataclass_fields__"):
-            for f in x.__dataclass_fields__:
-                visit(getattr(x, f))
-
-    for patch in patches:
-        plan = patch.plan
-        visit([plan.k, plan.v, [s.mask for s in plan.segments], plan._cache])
     return held
 
 

@@ -1,16 +1,16 @@
 """Boot the ComfyUI test host: in-process (`boot`) or as a real server (`start_server`).
 
-In-process (docs/comfyui-host.md A4): the ComfyUI folder and the torchvision stand-in go first on
+In process: the ComfyUI folder and the torchvision stand-in go first on
 sys.path, `--cpu` and pytorch attention are set before `comfy.model_management` is imported, model
 folders are registered like `extra_model_paths.yaml` would, and ComfyUI's custom-node loader loads the
 pack from `custom_nodes/ipadapter_kit` exactly as a real install does. ComfyUI keeps its state in
 module globals, so there is one booted host per process.
 
-Server (A3): `python main.py --cpu ...` from the ComfyUI folder, with a generated
+Server: `python main.py --cpu ...` from the ComfyUI folder, with a generated
 `--extra-model-paths-config` of absolute paths, its log captured to a file and checked for a failed
 import of the pack.
 
-Beware module-name shadowing (A5): ComfyUI adds top-level `nodes`, `server`, `execution`,
+Beware module-name shadowing: ComfyUI adds top-level `nodes`, `server`, `execution`,
 `folder_paths`, `comfy`, ... The repository root holds the pack's own `nodes/` package, so the
 ComfyUI folder must come before the repository root on sys.path, and nothing may have imported
 another `nodes` first.
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import setup_env
+from dev.host import setup_env
 
 PACK_NAME = setup_env.PACK_DIR_NAME
 STUBS = setup_env.STUBS
@@ -50,18 +50,12 @@ MODEL_FOLDERS = ("checkpoints", "clip_vision", "controlnet", "ipadapter", "loras
 COMFY_TOP_LEVEL = ("nodes", "server", "execution", "folder_paths", "latent_preview", "comfy", "comfy_extras",
                    "app", "main", "cuda_malloc", "new_updater")
 
-log = logging.getLogger(__name__)
-
-
-def default_comfy_dir() -> Path:
-    """$IPAKIT_COMFYUI, else the bundled `.host/ComfyUI` made by tools/setup_env.py."""
-    return setup_env.default_comfy_dir()
-
 
 def _require_comfy_dir(comfy_dir: str | os.PathLike | None) -> Path:
-    comfy_dir = Path(comfy_dir) if comfy_dir is not None else default_comfy_dir()
+    """`comfy_dir`, else $IPAKIT_COMFYUI, else the bundled `.host/ComfyUI`; it must hold ComfyUI's main.py."""
+    comfy_dir = Path(comfy_dir) if comfy_dir is not None else setup_env.default_comfy_dir()
     if not (comfy_dir / "main.py").is_file():
-        raise FileNotFoundError(f"no ComfyUI at {comfy_dir}; run `python3 tools/setup_env.py` first "
+        raise FileNotFoundError(f"no ComfyUI at {comfy_dir}; run `python3 dev/host/setup_env.py` first "
                                 f"(or set {setup_env.ENV_COMFYUI} to your ComfyUI folder)")
     return comfy_dir.resolve()
 
@@ -77,9 +71,10 @@ def _module_dir(module) -> Path | None:
 # in-process
 
 
-def prepare_imports(comfy_dir: str | os.PathLike | None = None) -> Path:
-    """Make `import comfy...` work in this process on the CPU; idempotent. Returns the ComfyUI folder."""
-    comfy_dir = _require_comfy_dir(comfy_dir)
+def prepare_imports() -> Path:
+    """Make `import comfy...` of the test host's ComfyUI work in this process on the CPU; idempotent. Returns
+    the ComfyUI folder."""
+    comfy_dir = _require_comfy_dir(None)
     for name in COMFY_TOP_LEVEL:
         module = sys.modules.get(name)
         if module is None:
@@ -105,7 +100,7 @@ def prepare_imports(comfy_dir: str | os.PathLike | None = None) -> Path:
         args.use_pytorch_cross_attention = True
     elif not args.cpu:
         raise RuntimeError("comfy.model_management was imported before --cpu could be set; "
-                           "call tools.comfy_host.prepare_imports() before importing anything from comfy")
+                           "call dev.host.comfy_host.prepare_imports() before importing anything from comfy")
     return comfy_dir
 
 
@@ -114,16 +109,21 @@ class InProcessHost:
     """The booted in-process ComfyUI: its modules, the node table and a way to run one node."""
 
     comfy_dir: Path
-    models_dir: Path
     output_dir: Path
     nodes: Any  # ComfyUI's nodes module
     folder_paths: Any
     pack: Any  # the pack module as ComfyUI loaded it: sys.modules["ipadapter_kit"]
-    import_seconds: float
 
     @property
     def NODE_CLASS_MAPPINGS(self) -> dict:  # noqa: N802 (ComfyUI's name)
         return self.nodes.NODE_CLASS_MAPPINGS
+
+    @property
+    def observe(self):
+        """The pack's public observation module (`nodes/observe.py`) as ComfyUI loaded the pack."""
+        import importlib
+
+        return importlib.import_module(f"{self.pack.__name__}.nodes.observe")
 
     def node_class(self, class_id: str):
         try:
@@ -174,13 +174,13 @@ def _register_models(folder_paths, models_dir: Path) -> None:
     folder_paths.filename_list_cache.clear()
 
 
-def pack_import_errors(log_lines: list[str] | str, pack_name: str = PACK_NAME) -> list[str]:
+def pack_import_errors(log_lines: list[str] | str) -> list[str]:
     """Lines of a ComfyUI log that say the pack failed to load (with the traceback before them)."""
     lines = log_lines.splitlines() if isinstance(log_lines, str) else list(log_lines)
-    needle = f"{os.sep}{pack_name}"
+    needle = f"{os.sep}{PACK_NAME}"
     bad = []
     for i, line in enumerate(lines):
-        mine = needle in line or line.rstrip().endswith(pack_name)
+        mine = needle in line or line.rstrip().endswith(PACK_NAME)
         if mine and ("IMPORT FAILED" in line or "Cannot import" in line or "lack of NODE_CLASS_MAPPINGS" in line):
             start = i
             while start > 0 and i - start < 40 and not lines[start - 1].startswith("Traceback"):
@@ -200,8 +200,7 @@ def _loaded_pack(comfy_dir: Path):
     return None
 
 
-def boot(models_dir: str | os.PathLike, *, comfy_dir: str | os.PathLike | None = None,
-         output_dir: str | os.PathLike | None = None) -> InProcessHost:
+def boot(models_dir: str | os.PathLike, *, output_dir: str | os.PathLike | None = None) -> InProcessHost:
     """Boot ComfyUI in this process with the pack loaded; later calls return the same host.
 
     Model folders (MODEL_FOLDERS) under `models_dir` are registered (and created); output, input and
@@ -214,8 +213,7 @@ def boot(models_dir: str | os.PathLike, *, comfy_dir: str | os.PathLike | None =
         _register_models(_BOOTED.folder_paths, models_dir)
         return _BOOTED
 
-    started = time.monotonic()
-    comfy_dir = prepare_imports(comfy_dir)
+    comfy_dir = prepare_imports()
     import folder_paths
 
     import nodes
@@ -251,8 +249,8 @@ def boot(models_dir: str | os.PathLike, *, comfy_dir: str | os.PathLike | None =
         detail = "\n".join(errors) or f"custom_nodes/{PACK_NAME} was not found in {comfy_dir}/custom_nodes"
         raise RuntimeError(f"ComfyUI did not load the pack:\n{detail}")
 
-    _BOOTED = InProcessHost(comfy_dir=comfy_dir, models_dir=models_dir, output_dir=output_dir, nodes=nodes,
-                            folder_paths=folder_paths, pack=pack, import_seconds=time.monotonic() - started)
+    _BOOTED = InProcessHost(comfy_dir=comfy_dir, output_dir=output_dir, nodes=nodes,
+                            folder_paths=folder_paths, pack=pack)
     return _BOOTED
 
 
@@ -267,7 +265,7 @@ def free_port() -> int:
 
 def write_extra_model_paths(models_dir: Path, path: Path) -> Path:
     """An extra_model_paths.yaml with absolute paths (the 2024 host resolves relative ones against the CWD)."""
-    lines = ["# generated by tools/comfy_host.py", "ipakit_tests:"]
+    lines = ["# generated by dev/host/comfy_host.py", "ipakit_tests:"]
     for name in MODEL_FOLDERS:
         (models_dir / name).mkdir(parents=True, exist_ok=True)
         lines.append(f"  {name}: {json.dumps(str((models_dir / name).resolve()))}")
@@ -281,12 +279,8 @@ class ServerHandle:
 
     process: subprocess.Popen
     url: str
-    port: int
-    comfy_dir: Path
-    models_dir: Path
     work_dir: Path
     log_path: Path
-    start_seconds: float
     _log_file: Any = field(default=None, repr=False)
 
     @property
@@ -297,22 +291,18 @@ class ServerHandle:
     def input_dir(self) -> Path:
         return self.work_dir / "input"
 
-    @property
-    def temp_dir(self) -> Path:
-        return self.work_dir / "temp"
-
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM, then SIGKILL after `timeout` seconds; returns the exit code."""
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after 20 seconds; returns the exit code."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout)
+                self.process.wait(20.0)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
@@ -337,16 +327,16 @@ def _lacks_torchvision(python: str) -> bool:
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
 
 
-def _http_ok(url: str, timeout: float = 2.0) -> bool:
+def _http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(url, timeout=2.0) as resp:
             return resp.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
 
 
-def _tail(text: str, lines: int = 60) -> str:
-    return "\n".join(text.splitlines()[-lines:])
+def _tail(text: str) -> str:
+    return "\n".join(text.splitlines()[-60:])
 
 
 def start_server(comfy_dir: str | os.PathLike | None, models_dir: str | os.PathLike, port: int | None = None,
@@ -388,15 +378,13 @@ def start_server(comfy_dir: str | os.PathLike | None, models_dir: str | os.PathL
         started = time.monotonic()
         process = subprocess.Popen(cmd, cwd=comfy_dir, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        handle = ServerHandle(process=process, url=f"http://127.0.0.1:{chosen}", port=chosen, comfy_dir=comfy_dir,
-                              models_dir=models_dir, work_dir=work_dir, log_path=log_path, start_seconds=0.0,
+        handle = ServerHandle(process=process, url=f"http://127.0.0.1:{chosen}", work_dir=work_dir, log_path=log_path,
                               _log_file=log_file)
         atexit.register(handle.stop)
         while time.monotonic() - started < timeout:
             if process.poll() is not None:
                 break
             if _http_ok(f"{handle.url}/system_stats"):
-                handle.start_seconds = time.monotonic() - started
                 errors = pack_import_errors(handle.log_text())
                 if errors:
                     handle.stop()
@@ -416,7 +404,7 @@ def start_server(comfy_dir: str | os.PathLike | None, models_dir: str | os.PathL
 @contextlib.contextmanager
 def running_server(models_dir: str | os.PathLike, **kwargs):
     """`with running_server(models_dir) as server:` starts the default host and stops it on exit."""
-    handle = start_server(kwargs.pop("comfy_dir", None), models_dir, **kwargs)
+    handle = start_server(None, models_dir, **kwargs)
     try:
         yield handle
     finally:

@@ -1,9 +1,14 @@
-"""The example workflows of workflows/, one small definition per feature.
+"""The example workflows of workflows/, one small definition per feature, and what they run on in the tests
+and the main job.
 
-Each definition builds a `tools.workflows.Graph`; `python -m tools.workflows write` renders them to
-workflows/<name>.json (UI format), workflows/api/<name>.json (API format) and workflows/<name>.jpg.
+Each definition builds a `dev.authoring.graph.Graph`; `python -m dev.authoring.workflows write` renders them
+to workflows/<name>.json (UI format), workflows/api/<name>.json (API format) and workflows/<name>.jpg.
 Model names are the published ones users have; the checkpoint names are placeholders to change. The
-reference images they load are drawn by tools/workflow_pictures.py.
+reference images they load are drawn by dev/authoring/pictures.py.
+
+`STAND_INS` maps the published names onto the random-weight stand-ins (dev/standins/) that the tests and the
+main job generate, `FAST` samples in seconds on a CPU; `dev.authoring.graph.localize` applies such tables to
+an API workflow.
 """
 
 from __future__ import annotations
@@ -11,21 +16,49 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .workflow_pictures import DEPTH_MAP, INIT_IMAGE, INPAINT_IMAGE, REF_FACE, REF_LAYOUT, REF_STYLE, REF_SUBJECT
-from .workflows import SDXL_SMALL_SUBDIR, SDXL_SMALL_WIDTHS, Graph
+from dev.authoring.graph import Graph
+from dev.authoring.pictures import DEPTH_MAP, INIT_IMAGE, INPAINT_IMAGE, REF_FACE, REF_LAYOUT, REF_STYLE, REF_SUBJECT
+from dev.standins import names
+from dev.standins.comfy_models import SDXL_SMALL_WIDTHS
+from dev.standins.names import VIT_H  # the published name, which the ViT-H stand-in is written under too
 
 # model files the workflows name (published names; checkpoints are placeholders)
 CKPT_SD15 = "v1-5-pruned-emaonly.safetensors"
 CKPT_SDXL = "sd_xl_base_1.0.safetensors"
-VIT_H = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
 CONTROLNET_DEPTH = "control_v11f1p_sd15_depth.pth"
 PLUS = "plus (high strength)"
 
 NEGATIVE = "blurry, lowres, low quality, jpeg artifacts, text, watermark"
+# The schedule widgets (ipadapter_core.engine.SCHEDULE_INPUTS) every example, test and benchmark applies unless it
+# says otherwise: the nodes' defaults with weight 0.8 (tests/test_engine.py checks them against ApplySettings).
 APPLY_DEFAULTS = dict(weight=0.8, weight_type="linear", combine_embeds="concat", start_at=0.0, end_at=1.0,
                       embeds_scaling="V only")
 
 SAVED_EMBEDS = "IPAKit_embeds_00001_.safetensors [output]"  # what embeds_1_save writes first
+
+# Placeholder -> stand-in, per model family: (class_type, input) -> new value, or a function of the old one.
+# Everything not listed keeps its published name (the generators write IP-Adapter and CLIP vision files
+# under those names). SDXL adapters come from a subfolder because models/ipadapter may also hold
+# full-size SDXL adapters, which do not fit the small UNet.
+STAND_INS: dict[str, dict[tuple[str, str], object]] = {
+    "sd15": {
+        ("CheckpointLoaderSimple", "ckpt_name"): names.SD15_CHECKPOINT,
+        ("ControlNetLoader", "control_net_name"): names.CONTROLNET_SD15,
+    },
+    "sdxl": {
+        ("CheckpointLoaderSimple", "ckpt_name"): names.SDXL_SMALL_CHECKPOINT,
+        ("IPAKitModelLoader", "ipadapter_file"): lambda name: f"{names.SDXL_SMALL_SUBDIR}/{name}",
+    },
+}
+# Sampling at a size and step count that runs in seconds on a CPU (random weights give noise anyway).
+FAST = {
+    ("KSampler", "steps"): 1,
+    ("EmptyLatentImage", "width"): 64,
+    ("EmptyLatentImage", "height"): 64,
+    ("ImageScale", "width"): 64,
+    ("ImageScale", "height"): 64,
+}
+
 
 @dataclass(frozen=True)
 class Workflow:
@@ -33,7 +66,7 @@ class Workflow:
     title: str
     family: str  # "sd15" | "sdxl": which checkpoint family it is for
     build: Callable[[Graph], None]
-    adapters: tuple[str, ...] = ()  # tools.gen_ipadapter variants its random stand-ins need
+    adapters: tuple[str, ...] = ()  # dev.standins.ipadapter variants its random stand-ins need
     adapter_format: str = "safetensors"
     faces: bool = False  # needs the InsightFace buffalo_l pack
     after: str | None = None  # a workflow that must run first (it makes a file this one loads)
@@ -47,13 +80,13 @@ class Workflow:
         return {"title": self.title, "family": self.family}
 
     def stand_ins(self) -> tuple[list[str], list[tuple[str, str | None, dict]]]:
-        """The random-weight models it runs on (tools.workflows.STAND_INS): tools.gen_comfy_models names, and
-        tools.gen_ipadapter rows (variant, subfolder of models/ipadapter, ensure_checkpoint arguments)."""
+        """The random-weight models it runs on (with `STAND_INS`): dev.standins.comfy_models names, and
+        dev.standins.ipadapter rows (variant, subfolder of models/ipadapter, ensure_checkpoint arguments)."""
         comfy = ["sd15" if self.family == "sd15" else "sdxl-small", "vit-h"]
         if any(n.type == "ControlNetLoader" for n in self.graph().nodes):
             comfy.append("controlnet-sd15")
         if self.family == "sdxl":
-            return comfy, [(v, SDXL_SMALL_SUBDIR, {"widths": SDXL_SMALL_WIDTHS}) for v in self.adapters]
+            return comfy, [(v, names.SDXL_SMALL_SUBDIR, {"widths": SDXL_SMALL_WIDTHS}) for v in self.adapters]
         return comfy, [(v, None, {"fmt": self.adapter_format}) for v in self.adapters]
 
 
@@ -65,7 +98,7 @@ def _checkpoint(g: Graph, name: str = CKPT_SD15):
 
 
 def _sample(g: Graph, model, ckpt, positive: str, *, prefix: str, col: int, latent=None, conditioning=None,
-            denoise=1.0, size: int = 512, steps: int = 25, cfg: float = 6.5, seed: int = 42):
+            denoise=1.0, size: int = 512, steps: int = 25, cfg: float = 6.5):
     """Text prompts (unless `conditioning` = (positive, negative) outputs is given), an empty latent (unless
     `latent` is given), KSampler, decode and save, in columns col..col+2."""
     if conditioning is None:
@@ -75,7 +108,7 @@ def _sample(g: Graph, model, ckpt, positive: str, *, prefix: str, col: int, late
     if latent is None:
         latent = g.add("EmptyLatentImage", col, width=size, height=size, batch_size=1)[0]
     sampler = g.add("KSampler", col + 1, model=model, positive=conditioning[0], negative=conditioning[1],
-                    latent_image=latent, seed=seed, steps=steps, cfg=cfg, sampler_name="dpmpp_2m",
+                    latent_image=latent, seed=42, steps=steps, cfg=cfg, sampler_name="dpmpp_2m",
                     scheduler="karras", denoise=denoise)
     decoded = g.add("VAEDecode", col + 2, samples=sampler[0], vae=ckpt[2])
     g.add("SaveImage", col + 2, images=decoded[0], filename_prefix=f"IPAKit/{prefix}")
@@ -106,6 +139,57 @@ def basic_image_prompt(g: Graph) -> None:
     loader = g.add("IPAKitUnifiedLoader", 1, model=ckpt[0], preset=PLUS)
     apply = _apply(g, 2, loader[0], loader[1], ref[0])
     _sample(g, apply[0], ckpt, "best quality, high quality", prefix="basic", col=3)
+
+
+def animation_crossfade(g: Graph) -> None:
+    g.note(0, """
+        Animation: an 8-frame latent batch cross-fades from one reference to another, with core nodes and
+        this pack's only (an AnimateDiff or video model turns the frames into motion; here each frame is
+        sampled on its own).
+
+        - IPAdapter Weights: 'shift batches' over the two images makes two image streams of 8 frames each:
+          image_1 shows the first reference with weights 1 -> 0 (ease in-out), image_2 the second with the
+          complement 0 -> 1.
+        - Two Apply nodes with unfold_batch: latent frame i gets frame i of its stream and frame i of its
+          weights (the weight input is converted to an input and linked to the weights list).
+        - Frames whose weight is 0 cost nothing; the sampler's context windows are followed.
+        """, title="How this works")
+    ckpt = _checkpoint(g)
+    first = g.add("LoadImage", 1, title="First reference", image=REF_SUBJECT)
+    second = g.add("LoadImage", 1, title="Second reference", image=REF_STYLE)
+    both = g.add("ImageBatch", 1, image1=first[0], image2=second[0])
+    weights = g.add("IPAKitWeights", 2, weights="1.0, 0.0", timing="ease in-out", frames=8, method="shift batches",
+                    image=both[0])
+    loader = g.add("IPAKitUnifiedLoader", 2, model=ckpt[0], preset=PLUS)
+    fade_out = _apply(g, 3, loader[0], loader[1], weights[3], title="First reference, fading out", weight=weights[0],
+                      unfold_batch=True)
+    fade_in = _apply(g, 3, fade_out[0], loader[1], weights[4], title="Second reference, fading in", weight=weights[1],
+                     unfold_batch=True)
+    latent = g.add("EmptyLatentImage", 3, width=512, height=512, batch_size=8)
+    _sample(g, fade_in[0], ckpt, "best quality, high quality", prefix="crossfade", col=4, latent=latent[0])
+
+
+def noise_negative(g: Graph) -> None:
+    g.note(0, """
+        Noise negative: IPAdapter Noise makes the image the negative (CFG) pass sees, so the sampler steers
+        away from a scrambled copy of the reference instead of from an empty image. This often sharpens the
+        image prompt; too much can overcook it.
+
+        - type 'shuffle': the reference distorted elastically, maybe flipped, with a little noise (same
+          colours, no layout). 'fade' blends toward random noise, 'dissolve' replaces that fraction of the
+          pixels with noise, 'gaussian' adds gaussian noise.
+        - strength: how scrambled the negative is, 0-1; near 0 it is the reference itself, which works
+          against the image prompt. 0.4-0.8 is a good range for shuffle.
+        - blur: softens the noise (radius in pixels of the 224 px result).
+        - pattern_seed: which random pattern; it stays fixed between runs.
+        - Without an image the noise starts from mid grey.
+        """, title="How this works")
+    ckpt = _checkpoint(g)
+    ref = g.add("LoadImage", 1, title="Reference image", image=REF_SUBJECT)
+    noise = g.add("IPAKitNoise", 1, type="shuffle", strength=0.6, blur=2, image=ref[0], pattern_seed=0)
+    loader = g.add("IPAKitUnifiedLoader", 2, model=ckpt[0], preset=PLUS)
+    apply = _apply(g, 2, loader[0], loader[1], ref[0], image_negative=noise[0])
+    _sample(g, apply[0], ckpt, "best quality, high quality", prefix="noise_negative", col=3)
 
 
 def image_and_text(g: Graph) -> None:
@@ -323,8 +407,7 @@ def faceid(g: Graph) -> None:
     clip_vision = g.add("CLIPVisionLoader", 1, clip_name=VIT_H)
     lora = g.add("IPAKitFaceIDLoRA", 2, model=ckpt[0], ipadapter=adapter[0], lora="embedded (inside the adapter file)", strength=0.6)
     apply = g.add("IPAKitApplyFaceID", 2, model=lora[0], ipadapter=adapter[0], image=ref[0], insightface=face[0],
-                  clip_vision=clip_vision[0], weight=0.8, weight_faceidv2=1.0, weight_type="linear", combine_embeds="concat",
-                  start_at=0.0, end_at=1.0, embeds_scaling="V only", face_selection="largest", face_index=0,
+                  clip_vision=clip_vision[0], **APPLY_DEFAULTS, weight_faceidv2=1.0, face_selection="largest", face_index=0,
                   on_missing_face="error", lora_strength=0.6)
     g.add("PreviewImage", 3, title="Aligned face", images=apply[1])
     _sample(g, apply[0], ckpt, "photo of a person in a garden, natural light", prefix="faceid", col=3)
@@ -353,6 +436,9 @@ def sdxl_instantstyle(g: Graph) -> None:
 
 WORKFLOWS: tuple[Workflow, ...] = (
     Workflow("basic_image_prompt", "Basic image prompt", "sd15", basic_image_prompt, ("plus_sd15",)),
+    Workflow("noise_negative", "Noise as the image negative", "sd15", noise_negative, ("plus_sd15",)),
+    Workflow("animation_crossfade", "Animation: cross-fade two references over 8 frames", "sd15", animation_crossfade,
+             ("plus_sd15",)),
     Workflow("image_and_text", "Image + text (multimodal)", "sd15", image_and_text, ("plus_sd15",)),
     Workflow("style_transfer", "Style transfer (InstantStyle, SD1.5)", "sd15", style_transfer, ("plus_sd15",)),
     Workflow("composition", "Composition adapter", "sd15", composition, ("composition_sd15",)),
