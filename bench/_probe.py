@@ -15,7 +15,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from tools.torch_probes import SyncRecorder, attn2_patches
+from dev.host.torch_probes import SyncRecorder, attn2_patches
 
 
 class Stats:
@@ -130,10 +130,11 @@ class AllocTracker(TorchDispatchMode):
         self.live -= size
 
 
-def image_attention_peak(patch, q, extra_options) -> int:
-    """Transient bytes our image attention allocates for one call (the plan alone, adding into a given output)."""
+def image_attention_peak(observe, patch, q, extra_options) -> int:
+    """Transient bytes our image attention allocates for one call (the plan alone, adding into a given output);
+    `observe` is the pack's `nodes.observe` module as the host loaded it."""
     out = torch.zeros_like(q)
     tracker = AllocTracker()
     with tracker:
-        patch.add_image_attention(q, extra_options, out)
+        observe.image_attention(patch, q, extra_options, out)
     return tracker.peak

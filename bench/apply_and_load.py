@@ -54,7 +54,7 @@ def bench_load(host, reps, torch):
     import safetensors.torch
 
     core = C.pack_module(host, "ipadapter_core")
-    _comfy = C.pack_module(host, "nodes._comfy")
+    observe = host.observe
 
     def touch(tensors):
         for t in tensors:
@@ -67,7 +67,7 @@ def bench_load(host, reps, torch):
         safetensors.torch.load_file(str(path))  # page cache warm for both
 
         def node():
-            _comfy._adapters.clear()
+            observe.clear_adapter_cache()
             return host.outputs("IPAKitModelLoader", ipadapter_file=name)
 
         times = C.interleave({

@@ -61,7 +61,7 @@ def main(argv=None) -> None:
     import _probe as P
     import torch
 
-    from tools.torch_probes import UNetCall, attn2_patches, held_tensors
+    from dev.host.torch_probes import UNetCall, attn2_patches, held_tensors
 
     P.install_text_timer()
     if args.family == "sdxl-full":
@@ -70,7 +70,7 @@ def main(argv=None) -> None:
         model = host.outputs("CheckpointLoaderSimple", ckpt_name=CHECKPOINTS[args.family])[0]
     models = build_cases(host, model, cases, labels, args.family)
     convert = load_revision(host, args.baseline_rev) if args.baseline_rev else None
-    _patch = C.pack_module(host, "nodes._patch")
+    observe = host.observe
 
     results, lines = [], []
     for size in sizes:
@@ -106,9 +106,9 @@ def main(argv=None) -> None:
             plain_times += times["plain"]
             ratios = [tb / ta - 1.0 for ta, tb in zip(times["plain"], times["patched"])]
             # per-layer microbenchmark on the captured inputs
-            layer_added, layer_before, text_total = per_layer(P, patches, convert, reps, _patch, torch)
+            layer_added, layer_before, text_total = per_layer(P, patches, convert, reps, observe, torch)
             with torch.inference_mode():
-                transient = max(P.image_attention_peak(patches[key], q, eo) for key, (q, _, _, eo) in P.CAPTURED.items())
+                transient = max(P.image_attention_peak(observe, patches[key], q, eo) for key, (q, _, _, eo) in P.CAPTURED.items())
             results.append(dict(size=size, case=name, tokens=max(p.plan.num_tokens for p in patches.values()),
                                 layers=layers, syncs=syncs, flops_unet=flops,
                                 flops_patch=C.patch_flops(patches, queries, latent_batch_rows=2),
@@ -180,7 +180,7 @@ def full_sdxl(torch):
     import comfy.model_patcher
     import comfy.supported_models
 
-    from tools.gen_comfy_models import SDXL_SMALL_UNET
+    from dev.standins.comfy_models import SDXL_SMALL_UNET
 
     config = comfy.supported_models.SDXL(dict(SDXL_SMALL_UNET, channel_mult=[1, 2, 4]))
     config.set_inference_dtype(torch.float32, None)
@@ -200,7 +200,7 @@ def full_sdxl(torch):
     return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=mm.unet_offload_device())
 
 
-def per_layer(P, patches, convert, reps, _patch, torch):
+def per_layer(P, patches, convert, reps, observe, torch):
     """Sum over layers of min(patch) - min(text attention); the same for a baseline revision's patch."""
     added = before = text_total = 0.0
     old = {key: convert(p) for key, p in patches.items()} if convert else {}
@@ -208,7 +208,7 @@ def per_layer(P, patches, convert, reps, _patch, torch):
         for key, (q, k, v, eo) in P.CAPTURED.items():
             tt, tn, to = [], [], []
             for _ in range(reps):
-                tt.append(C.timed(lambda: _patch._text_attention(q, k, v, eo)))  # what our patch adds to
+                tt.append(C.timed(lambda: observe.text_attention(q, k, v, eo)))  # what our patch adds to
                 tn.append(C.timed(lambda: patches[key](q, k, v, eo)))
                 if old:
                     to.append(C.timed(lambda: old[key](q, k, v, eo)))

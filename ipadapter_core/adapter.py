@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .checkpoint import RawCheckpoint, detect, read_checkpoint
+from .lora import is_lora_key
 from .projection import (
     HEAD_DIM,
     FaceIDPlusProjModel,
@@ -116,9 +117,9 @@ def build_adapter(raw: RawCheckpoint, *, override: str | None = None) -> LoadedA
     spec = detect(raw, override=override)
     with torch.device("meta"):
         model = IPAdapterModel(spec, {k: v.shape for k, v in raw.image_proj.items()})
-    lora = {k: v for k, v in raw.ip_adapter.items() if "_lora." in k}
+    lora = {k: v for k, v in raw.ip_adapter.items() if is_lora_key(k)}
     state = {f"image_proj.{k}": v for k, v in raw.image_proj.items()}
-    state.update({f"ip_adapter.{k}": v for k, v in raw.ip_adapter.items() if "_lora." not in k})
+    state.update({f"ip_adapter.{k}": v for k, v in raw.ip_adapter.items() if not is_lora_key(k)})
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:

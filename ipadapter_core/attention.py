@@ -13,20 +13,24 @@ no call reads a value back to the host). Keys and values are head-split, moved a
 (rows, device, dtype); resized masks per layer size. On the CPU, where small-key attention is bound
 by per-query costs rather than FLOPs, lone segments under 64 tokens also run as a fused pass and short
 segments (under 16 tokens) are repeated or transposed (see `CPU_SHORT_SEGMENT`, bench/RESULTS.md).
+
+Frame-level terms (`FrameTerm`: one reference, weight and mask per latent frame, for animation) keep one
+key/value set per distinct (reference, weight) "slot", head-split once per device and dtype. A call maps
+each latent row to its frame (the row's position in the batch, or the frame index the sampler's context
+window gives), gathers each active row's slot in one indexed read and runs one batched attention over
+the active rows only: frames whose weight is 0 on the layer cost nothing. The row selection is built on
+the host from Python ints (cached per rows/frames), so no call reads a value back from the device.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
 from .masks import layer_grid, resize_masks
-
-Attention4D = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -88,6 +92,54 @@ class ImageTerm:
 
 
 @dataclass(frozen=True)
+class FrameTerm:
+    """One adapter's contribution to one layer when latent frames differ (per-frame references or weights).
+
+    `k`, `v` are `[S, 2, t, c]`: one key/value set per slot (a distinct reference and weight), row 0 for
+    the positive chunks, row 1 for the negative ones, weights folded in. `frame_slots[f]` is the slot of
+    latent frame f, or None when the frame's weight is 0 on this layer; frames past the end use the last
+    entry. `segments` are token groups with their own softmax, shared by every slot. `masks` is None,
+    `[1 or len(segments), H, W]` (per segment, as in `ImageTerm`) or, with `frame_masks`, `[M, H, W]` with
+    one mask per frame (frames past the end use the last). `sigma_range` as in `ImageTerm`.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    frame_slots: tuple[int | None, ...]
+    segments: tuple[int, ...]
+    masks: torch.Tensor | None = None
+    frame_masks: bool = False
+    sigma_range: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.k.shape != self.v.shape or self.k.ndim != 4 or self.k.shape[1] != 2:
+            raise ValueError(f"frame keys/values must both be [S, 2, t, c]; got {tuple(self.k.shape)} and {tuple(self.v.shape)}")
+        if sum(self.segments) != self.k.shape[2]:
+            raise ValueError(f"segments {self.segments} do not add up to {self.k.shape[2]} tokens")
+        if not self.frame_slots or any(s is not None and not 0 <= s < self.k.shape[0] for s in self.frame_slots):
+            raise ValueError(f"frame slots {self.frame_slots} must name slots 0..{self.k.shape[0] - 1} (or None)")
+        if self.masks is not None and not self.frame_masks and self.masks.shape[0] not in (1, len(self.segments)):
+            raise ValueError(f"{self.masks.shape[0]} masks for {len(self.segments)} segments; give 1 or one per segment")
+
+    def to(self, **moved) -> FrameTerm:
+        return FrameTerm(self.k.to(**moved), self.v.to(**moved), self.frame_slots, self.segments,
+                         None if self.masks is None else self.masks.to(**moved), self.frame_masks, self.sigma_range)
+
+
+@dataclass(frozen=True)
+class _FrameSelection:
+    """The active rows of one call for one frame term: batch row, slot, cond/uncond row, position in the
+    chunk and mask index of each (index tensors on the compute device), and whether every row is active."""
+
+    batch: torch.Tensor
+    slot: torch.Tensor
+    row: torch.Tensor
+    pos: torch.Tensor
+    mask: torch.Tensor | None
+    every_row: bool
+
+
+@dataclass(frozen=True)
 class _Segment:
     start: int
     stop: int
@@ -98,14 +150,21 @@ class _Segment:
 class LayerPlan:
     """Every image term of one cross-attention layer, ready to run; immutable (extend returns a new plan)."""
 
-    __slots__ = ("k", "v", "heads", "segments", "_cache")
+    __slots__ = ("k", "v", "heads", "segments", "frame_terms", "_cache")
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, heads: int, segments: tuple[_Segment, ...]) -> None:
-        self.k, self.v, self.heads, self.segments = k, v, heads, segments
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, heads: int, segments: tuple[_Segment, ...],
+                 frame_terms: tuple[FrameTerm, ...] = ()) -> None:
+        self.k, self.v, self.heads, self.segments, self.frame_terms = k, v, heads, segments, tuple(frame_terms)
         self._cache: dict = {}
 
     @classmethod
-    def from_terms(cls, terms: list[ImageTerm] | tuple[ImageTerm, ...], heads: int) -> LayerPlan:
+    def from_terms(cls, terms: list[ImageTerm | FrameTerm] | tuple[ImageTerm | FrameTerm, ...], heads: int) -> LayerPlan:
+        frame_terms = tuple(t for t in terms if isinstance(t, FrameTerm))
+        terms = [t for t in terms if not isinstance(t, FrameTerm)]
+        if not terms:  # frame terms only: no shared tokens
+            like = frame_terms[0].k
+            empty = like.new_zeros(2, 0, like.shape[-1])
+            return cls(empty, empty, heads, (), frame_terms)
         segments, start = [], 0
         for term in terms:
             for i, length in enumerate(term.segments):
@@ -114,20 +173,39 @@ class LayerPlan:
                 start += length
         k = torch.cat([t.k for t in terms], dim=1)
         v = torch.cat([t.v.to(k) for t in terms], dim=1)
-        return cls(k, v, heads, tuple(segments))
+        return cls(k, v, heads, tuple(segments), frame_terms)
 
-    def extend(self, terms: list[ImageTerm] | tuple[ImageTerm, ...]) -> LayerPlan:
+    def extend(self, terms: list[ImageTerm | FrameTerm] | tuple[ImageTerm | FrameTerm, ...]) -> LayerPlan:
         """A new plan with more terms after this plan's (used when adapters are chained)."""
         more = LayerPlan.from_terms(terms, self.heads)
         offset = self.k.shape[1]
         shifted = tuple(_Segment(s.start + offset, s.stop + offset, s.mask, s.sigma_range) for s in more.segments)
-        k = torch.cat([self.k, more.k.to(self.k)], dim=1)
-        v = torch.cat([self.v, more.v.to(self.v)], dim=1)
-        return LayerPlan(k, v, self.heads, self.segments + shifted)
+        if not self.segments and more.segments:  # this plan had frame terms only: take the new shared tokens as they are
+            k, v = more.k, more.v
+        else:
+            k = torch.cat([self.k, more.k.to(self.k)], dim=1)
+            v = torch.cat([self.v, more.v.to(self.v)], dim=1)
+        return LayerPlan(k, v, self.heads, self.segments + shifted, self.frame_terms + more.frame_terms)
 
     @property
     def num_tokens(self) -> int:
         return self.k.shape[1]
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor the plan keeps alive: keys, values, masks and what it has cached for running."""
+        held = [self.k, self.v, *(s.mask for s in self.segments if s.mask is not None)]
+        for term in self.frame_terms:
+            held += [term.k, term.v, *(() if term.masks is None else (term.masks,))]
+        for value in self._cache.values():
+            items = value if isinstance(value, tuple) else (value,)
+            for item in items:
+                if isinstance(item, torch.Tensor):
+                    held.append(item)
+                elif isinstance(item, _Run):
+                    held += [item.k, item.v]
+                elif isinstance(item, _FrameSelection):
+                    held += [t for t in (item.batch, item.slot, item.row, item.pos, item.mask) if t is not None]
+        return held
 
     def to(self, *args, **kwargs) -> LayerPlan:
         """Move to a device or a floating dtype; non-float16/32/64 dtypes (fp8 storage) are ignored."""
@@ -144,7 +222,8 @@ class LayerPlan:
         segments = tuple(
             _Segment(s.start, s.stop, None if s.mask is None else s.mask.to(**moved), s.sigma_range) for s in self.segments
         )
-        return LayerPlan(self.k.to(**moved), self.v.to(**moved), self.heads, segments)
+        frame_terms = tuple(t.to(**moved) for t in self.frame_terms)
+        return LayerPlan(self.k.to(**moved), self.v.to(**moved), self.heads, segments, frame_terms)
 
     # running
 
@@ -155,8 +234,8 @@ class LayerPlan:
         rows: tuple[int, ...],
         latent_hw: tuple[int, int] | None = None,
         sigmas: torch.Tensor | None = None,
-        attention_fn: Attention4D = sdpa,
         out: torch.Tensor | None = None,
+        frames: tuple[int, ...] | None = None,
     ) -> torch.Tensor:
         """The summed image attention for queries `q [r*b, n, c]`, added into `out` in place when given.
 
@@ -165,20 +244,20 @@ class LayerPlan:
                 (cond) or 1 for the negative ones (uncond).
             latent_hw: latent height and width, for the exact mask grid at any aspect ratio.
             sigmas: the current sigma per latent `[b]` (or `[r*b]`); needed only by start/end gates.
-            attention_fn: the attention kernel of single segments (segments are fused into one
-                pass only with the default, SDPA).
             out: contiguous `[r*b, n, c]` to add the image attention to (usually the text
                 attention); a new tensor is returned when None.
+            frames: the latent frame index of each of the b latents (a context window's indices);
+                None: latent j is frame j. Only frame terms read it.
         """
         r, h = len(rows), self.heads
         b, n = q.shape[0] // r, q.shape[1]
         if out is None:
             out = torch.zeros_like(q)
         qh, oh = _split_heads(q.contiguous(), r, h), _split_heads(out, r, h)  # oh is a view: adding to it adds to out
-        for run in self._runs(rows, q.device, q.dtype, fuse=attention_fn is sdpa):
+        for run in self._runs(rows, q.device, q.dtype):
             scale = self._scale(run, n, b, r, latent_hw, sigmas, q) if run.masked or run.gated else None
             if run.kind == SDPA:
-                o = attention_fn(qh, run.k, run.v)
+                o = sdpa(qh, run.k, run.v)
                 if scale is None:
                     oh.add_(o)
                 else:  # r h b n d
@@ -194,15 +273,118 @@ class LayerPlan:
                 oh.add_(torch.matmul(p.view(r, h, b * n, -1), run.v))
             else:
                 oh.add_(torch.matmul(p.view(r, h, -1, b * n).transpose(-1, -2), run.v))
+        if self.frame_terms:
+            if frames is None or len(frames) != b:
+                frames = tuple(range(b))
+            for index, term in enumerate(self.frame_terms):
+                self._run_frames(index, term, q, out, rows, frames, latent_hw, sigmas)
         return out
 
-    def _runs(self, rows: tuple[int, ...], device: torch.device, dtype: torch.dtype, fuse: bool) -> tuple[_Run, ...]:
+    # frame terms
+
+    def _run_frames(self, index: int, term: FrameTerm, q: torch.Tensor, out: torch.Tensor, rows: tuple[int, ...],
+                    frames: tuple[int, ...], latent_hw, sigmas) -> None:
+        """Adds one frame term's attention into `out` for the active rows (frames with a non-zero weight)."""
+        r, h, b, n = len(rows), self.heads, len(frames), q.shape[1]
+        selection = self._frame_selection(index, term, rows, frames, q.device)
+        if selection is None:  # every frame of this call has weight 0 on this layer
+            return
+        k_bank, v_bank = self._frame_bank(index, term, q.device, q.dtype)
+        k, v = k_bank[selection.slot, selection.row], v_bank[selection.slot, selection.row]  # [a, h, t, d]
+        qa = q if selection.every_row else q.index_select(0, selection.batch)
+        a = qa.shape[0]
+        qh = qa.reshape(a, n, h, -1).transpose(1, 2)  # [a, h, n, d]
+        segment_masks = None
+        if term.masks is not None and not term.frame_masks:
+            segment_masks = self._frame_masks(index, term, n, latent_hw, q.device, q.dtype)  # [1 or g, n]
+        o, start = None, 0
+        for g, length in enumerate(term.segments):
+            part = sdpa(qh, k[:, :, start : start + length], v[:, :, start : start + length])
+            start += length
+            if segment_masks is not None and segment_masks.shape[0] > 1:
+                part = part * segment_masks[g].view(1, 1, n, 1)
+            o = part if o is None else o.add_(part)
+        scale = None  # [a, 1, n or 1, 1]
+        if segment_masks is not None and segment_masks.shape[0] == 1:
+            scale = segment_masks.view(1, 1, n, 1)
+        elif term.masks is not None and term.frame_masks:
+            resized = self._frame_masks(index, term, n, latent_hw, q.device, q.dtype)  # [M, n]
+            scale = resized.index_select(0, selection.mask).view(a, 1, n, 1)
+        if term.sigma_range is not None and sigmas is not None:
+            s = sigmas.reshape(-1).to(q.device)
+            if s.numel() == r * b:
+                s = s.index_select(0, selection.batch)
+            elif s.numel() >= b:
+                s = s.index_select(0, selection.pos)
+            else:
+                s = s[:1].expand(a)
+            start_sigma, end_sigma = term.sigma_range
+            gate = ((s <= start_sigma) & (s >= end_sigma)).to(q.dtype).view(a, 1, 1, 1)
+            scale = gate if scale is None else scale * gate
+        if scale is not None:
+            o = o * scale
+        o = o.transpose(1, 2).reshape(a, n, -1)  # [a, n, c]
+        if selection.every_row:
+            out.add_(o)
+        else:
+            out.index_add_(0, selection.batch, o)
+
+    def _frame_selection(self, index: int, term: FrameTerm, rows: tuple[int, ...], frames: tuple[int, ...], device):
+        """The active rows of a call (cached per rows and frames); None when no row is active."""
+        key = ("frames", index, rows, frames, device)
+        if key in self._cache:
+            return self._cache[key]
+        slots, last = term.frame_slots, len(term.frame_slots) - 1
+        mask_last = term.masks.shape[0] - 1 if term.masks is not None else 0
+        active = [(j, f, slots[min(f, last)]) for j, f in enumerate(frames)]
+        active = [(j, f, s) for j, f, s in active if s is not None]
+        selection = None
+        if active:
+            b = len(frames)
+            as_index = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
+            selection = _FrameSelection(
+                batch=as_index([i * b + j for i in range(len(rows)) for j, _, _ in active]),
+                slot=as_index([s for _ in rows for _, _, s in active]),
+                row=as_index([row for row in rows for _ in active]),
+                pos=as_index([j for _ in rows for j, _, _ in active]),
+                mask=as_index([min(f, mask_last) for _ in rows for _, f, _ in active]) if term.frame_masks else None,
+                every_row=len(active) == b,
+            )
+        if len(self._cache) > 512:  # many context windows: keep the cache bounded (selections are cheap to rebuild)
+            for stale in [k for k in self._cache if k[0] == "frames"]:
+                del self._cache[stale]
+        self._cache[key] = selection
+        return selection
+
+    def _frame_bank(self, index: int, term: FrameTerm, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The term's keys and values head-split, `[S, 2, h, t, d]`, on the compute device (cached)."""
+        key = ("bank", index, device, dtype)
+        bank = self._cache.get(key)
+        if bank is None:
+            bank = tuple(
+                rearrange(t.to(device, dtype), "S r t (h d) -> S r h t d", h=self.heads).contiguous() for t in (term.k, term.v)
+            )
+            self._cache[key] = bank
+        return bank
+
+    def _frame_masks(self, index: int, term: FrameTerm, n: int, latent_hw, device, dtype) -> torch.Tensor:
+        """The term's masks on this layer's grid, `[masks, n]` (cached per layer size)."""
+        key = ("frame_masks", index, n, latent_hw, device, dtype)
+        resized = self._cache.get(key)
+        if resized is None:
+            masks = term.masks
+            grid = layer_grid(n, latent_hw, aspect=masks.shape[2] / masks.shape[1])
+            resized = resize_masks(masks, grid).to(device, dtype)
+            self._cache[key] = resized
+        return resized
+
+    def _runs(self, rows: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> tuple[_Run, ...]:
         """The attention passes for these rows, device and dtype, with head-split keys and values (cached)."""
-        key = ("runs", rows, device, dtype, fuse)
+        key = ("runs", rows, device, dtype)
         runs = self._cache.get(key)
         if runs is None:
-            passes = _pass_members(self.segments, fuse)
-            runs = tuple(_Run.build(self, rows, device, dtype, members, fuse) for members in passes)
+            passes = _pass_members(self.segments)
+            runs = tuple(_Run.build(self, rows, device, dtype, members) for members in passes)
             self._cache[key] = runs
         return runs
 
@@ -278,10 +460,8 @@ CPU_SDPA_FROM = 64
 matmul): as fast as SDPA on one thread, 5-30% faster on two."""
 
 
-def _pass_members(segments: tuple[_Segment, ...], fuse: bool) -> list[tuple[int, ...]]:
+def _pass_members(segments: tuple[_Segment, ...]) -> list[tuple[int, ...]]:
     """Which segments run together: equal-length segments in one fused pass, any other alone (SDPA)."""
-    if not fuse:
-        return [(i,) for i in range(len(segments))]
     by_length: dict[int, list[int]] = {}
     for i, s in enumerate(segments):
         by_length.setdefault(s.stop - s.start, []).append(i)
@@ -296,7 +476,7 @@ def _pass_members(segments: tuple[_Segment, ...], fuse: bool) -> list[tuple[int,
 class _Run:
     """One attention pass over some segments: keys/values head-split for the rows, on the compute device.
 
-    SDPA (one segment, through `attention_fn`): `k`, `v` are `[r, h, s, d]`. FUSED (one or more
+    SDPA (one segment): `k`, `v` are `[r, h, s, d]`. FUSED (one or more
     segments): `k` is `[r, h, d, g*s]`; FUSED_T (several short ones): `k` is `[r, h, g*s, d]`; both are
     already scaled by 1/sqrt(d), and `v` is `[r, h, g*s, d]`.
     """
@@ -313,14 +493,14 @@ class _Run:
         return len(self.members)
 
     @staticmethod
-    def build(plan: LayerPlan, rows: tuple[int, ...], device, dtype, members: tuple[int, ...], fuse: bool) -> _Run:
+    def build(plan: LayerPlan, rows: tuple[int, ...], device, dtype, members: tuple[int, ...]) -> _Run:
         segments = [plan.segments[i] for i in members]
         k, v = (
             torch.cat([t[list(rows), s.start : s.stop] for s in segments], dim=1).to(device, dtype) for t in (plan.k, plan.v)
         )
         k, v = (rearrange(t, "r s (h d) -> r h s d", h=plan.heads) for t in (k, v))
         length = segments[0].stop - segments[0].start
-        cpu = fuse and torch.device(device).type == "cpu"  # an injected kernel runs every segment as given
+        cpu = torch.device(device).type == "cpu"
         if len(members) == 1:
             if cpu and length < CPU_SHORT_SEGMENT:  # each token k times: the same softmax, faster kernels
                 repeat = -(-CPU_SHORT_SEGMENT // length)

@@ -12,16 +12,16 @@ import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from .spec import CLIP_ENCODERS, AdapterKind, AdapterSpec, ClipOutput, Family
+from .lora import LORA_KEY
+from .spec import CLIP_ENCODERS, FACE_DIM, FAMILY_BY_LAYERS, AdapterKind, AdapterSpec, ClipOutput, Family
 
 PROJ_PREFIXES = ("image_proj.", "image_proj_model.")
 ADAPTER_PREFIXES = ("ip_adapter.", "adapter_modules.")
 OVERRIDES = ("faceid_plus", "faceid_plus_v2", "normed", "unnorm")
-FACE_DIM = 512
-_LORA_KEY = re.compile(r"^(\d+)\.to_(q|k|v|out)_lora\.(down|up)\.weight$")
 _KV_KEY = re.compile(r"^(\d+)\.to_([kv])_ip\.weight$")
 
 
@@ -124,121 +124,174 @@ def _what_is_it(flat: dict) -> str:
 # detection
 
 
+@dataclass(frozen=True)
+class _Probe:
+    """What detection has read from a file before it picks a layout."""
+
+    name: str  # file name, for messages and the tie-breakers the layouts cannot decide
+    image_proj: dict[str, torch.Tensor]
+    override: str | None
+    family: Family  # from the layer count; a layout may refine it (Kolors)
+    common: dict  # cross_attention_dim, layer_widths, lora_rank
+
+    @property
+    def lower(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One image-projection layout: the `image_proj` keys that identify it, and how a file with it is described."""
+
+    name: str
+    probe: tuple[str, ...]  # keys that must all be present (the first layout whose keys are present wins)
+    published: str  # the published files that have this layout
+    describe: Callable[[_Probe], AdapterSpec]
+
+    def matches(self, image_proj: dict) -> bool:
+        return all(key in image_proj for key in self.probe)
+
+
+def _faceid_plus(f: _Probe) -> AdapterSpec:
+    p, cross = f.image_proj, f.common["cross_attention_dim"]
+    token_dim = p["norm.weight"].shape[0]
+    kolors = token_dim != cross
+    family = Family.KOLORS if kolors else f.family
+    v2 = kolors or re.search(r"plus[-_ ]?v2", f.lower) is not None
+    hint = "Kolors FaceID always uses the shortcut" if kolors else ("file name says plusv2" if v2 else "")
+    if f.override in ("faceid_plus", "faceid_plus_v2"):
+        v2, hint = f.override == "faceid_plus_v2", f"override {f.override}"
+    elif f.override is not None:
+        raise _bad_override(f.name, f.override, ("faceid_plus", "faceid_plus_v2"))
+    return AdapterSpec(
+        kind=AdapterKind.FACEID_PLUS_V2 if v2 else AdapterKind.FACEID_PLUS,
+        family=family,
+        variant=f"FaceID Plus{' v2' if v2 else ''} ({family.value})",
+        num_tokens=p["proj.2.weight"].shape[0] // token_dim,
+        token_dim=token_dim,
+        face_dim=p["proj.0.weight"].shape[1],
+        face_crop_size=_face_crop(family),
+        name_hint=hint,
+        **_clip(ClipOutput.PENULTIMATE, p["perceiver_resampler.proj_in.weight"].shape[1]),
+        **f.common,
+    )
+
+
+def _full_face(f: _Probe) -> AdapterSpec:
+    _no_override(f.name, f.override)
+    p = f.image_proj
+    return AdapterSpec(
+        kind=AdapterKind.FULL_FACE,
+        family=f.family,
+        variant=f"full-face ({f.family.value})",
+        num_tokens=257,  # one token per CLIP penultimate token (CLS + 16x16 patches)
+        token_dim=p["proj.2.weight"].shape[0],
+        **_clip(ClipOutput.PENULTIMATE, p["proj.0.weight"].shape[1]),
+        **f.common,
+    )
+
+
+def _resampler(f: _Probe) -> AdapterSpec:
+    p = f.image_proj
+    in_dim = p["proj_in.weight"].shape[1]
+    token_dim = p["proj_out.weight"].shape[0]
+    if in_dim == FACE_DIM:  # a Resampler over the raw identity embedding
+        if f.override not in (None, "unnorm"):
+            raise _bad_override(f.name, f.override, ("unnorm",))
+        return AdapterSpec(
+            kind=AdapterKind.PORTRAIT_UNNORM,
+            family=f.family,
+            variant=f"FaceID portrait unnorm ({f.family.value})",
+            num_tokens=p["latents"].shape[1],
+            token_dim=token_dim,
+            face_dim=in_dim,
+            face_normed=False,
+            face_crop_size=_face_crop(f.family),
+            **f.common,
+        )
+    _no_override(f.name, f.override)
+    clip = _clip(ClipOutput.PENULTIMATE, in_dim)
+    family = Family.KOLORS if clip["clip_encoder"] == "ViT-L-14-336" and f.family is Family.SDXL else f.family
+    flavour = "plus-face" if "face" in f.lower else "composition" if "composition" in f.lower else "plus"
+    return AdapterSpec(
+        kind=AdapterKind.PLUS,
+        family=family,
+        variant=f"{flavour} ({family.value})",
+        num_tokens=p["latents"].shape[1],
+        token_dim=token_dim,
+        **clip,
+        **f.common,
+    )
+
+
+def _faceid_mlp(f: _Probe) -> AdapterSpec:
+    p = f.image_proj
+    token_dim = p["norm.weight"].shape[0]
+    tokens = p["proj.2.weight"].shape[0] // token_dim
+    portrait = f.common["lora_rank"] is None and tokens >= 16
+    normed = not (f.override == "unnorm" or (f.override is None and "unnorm" in f.lower))
+    if f.override not in (None, "normed", "unnorm") or (f.override is not None and not portrait):
+        raise _bad_override(f.name, f.override, ("normed", "unnorm") if portrait else ())
+    return AdapterSpec(
+        kind=AdapterKind.PORTRAIT if portrait else AdapterKind.FACEID,
+        family=f.family,
+        variant=f"FaceID{' portrait' if portrait else ''}{'' if normed else ' unnorm'} ({f.family.value})",
+        num_tokens=tokens,
+        token_dim=token_dim,
+        face_dim=p["proj.0.weight"].shape[1],
+        face_normed=normed,
+        face_crop_size=_face_crop(f.family),
+        name_hint="" if normed else ("override unnorm" if f.override else "file name says unnorm"),
+        **f.common,
+    )
+
+
+def _image_proj(f: _Probe) -> AdapterSpec:
+    _no_override(f.name, f.override)
+    p = f.image_proj
+    token_dim = p["norm.weight"].shape[0]
+    clip = _clip(ClipOutput.IMAGE_EMBEDS, p["proj.weight"].shape[1])
+    flavour = "light" if "light" in f.lower else "base"
+    return AdapterSpec(
+        kind=AdapterKind.IMAGE_PROJ,
+        family=f.family,
+        variant=f"{flavour} ({f.family.value}, {clip['clip_encoder'] or 'unknown encoder'})",
+        num_tokens=p["proj.weight"].shape[0] // token_dim,
+        token_dim=token_dim,
+        **clip,
+        **f.common,
+    )
+
+
+LAYOUTS = (
+    Layout("FaceID Plus (perceiver_resampler.*)", ("perceiver_resampler.proj_in.weight",),
+           "ip-adapter-faceid-plus_sd15, ip-adapter-faceid-plusv2_sd15/_sdxl, Kolors FaceID Plus", _faceid_plus),
+    Layout("full-face MLP (proj.0/2/3)", ("proj.3.weight",), "ip-adapter-full-face_sd15", _full_face),
+    Layout("Resampler (latents, proj_in, layers.*)", ("latents",),
+           "ip-adapter-plus(-face)_sd15/_sdxl_vit-h, ip_plus_composition_sd15/_sdxl, Kolors plus; "
+           "ip-adapter-faceid-portrait_sdxl_unnorm (512-wide input)", _resampler),
+    Layout("FaceID MLP (proj.0/2, norm)", ("proj.0.weight", "proj.2.weight", "norm.weight"),
+           "ip-adapter-faceid_sd15/_sdxl, ip-adapter-faceid-portrait(-v11)_sd15, ip-adapter-faceid-portrait_sdxl", _faceid_mlp),
+    Layout("ImageProj (proj, norm)", ("proj.weight", "norm.weight"),
+           "ip-adapter_sd15, ip-adapter_sd15_light(_v11), ip-adapter_sd15_vit-G, ip-adapter_sdxl, ip-adapter_sdxl_vit-h", _image_proj),
+)
+"""The image-projection layouts of the published adapters, tried in this order (more specific first)."""
+
+
 def detect(raw: RawCheckpoint, *, override: str | None = None) -> AdapterSpec:
     """Describe an adapter from its tensors; the file name only breaks ties the layouts cannot."""
     name = raw.path.name
-    p = raw.image_proj
     kv = _kv_widths(raw)
     cross = kv["cross"]
-    family = _topology_family(name, len(kv["widths"]), cross)
-    lora_rank = _lora_rank(raw, len(kv["widths"]), cross)
-    common = dict(cross_attention_dim=cross, layer_widths=kv["widths"], lora_rank=lora_rank)
-    lower = name.lower()
-
-    if "perceiver_resampler.proj_in.weight" in p:
-        token_dim = p["norm.weight"].shape[0]
-        clip_dim = p["perceiver_resampler.proj_in.weight"].shape[1]
-        kolors = token_dim != cross
-        if kolors:
-            family = Family.KOLORS
-        v2 = kolors or re.search(r"plus[-_ ]?v2", lower) is not None
-        hint = "Kolors FaceID always uses the shortcut" if kolors else ("file name says plusv2" if v2 else "")
-        if override in ("faceid_plus", "faceid_plus_v2"):
-            v2, hint = override == "faceid_plus_v2", f"override {override}"
-        elif override is not None:
-            raise _bad_override(name, override, ("faceid_plus", "faceid_plus_v2"))
-        spec = AdapterSpec(
-            kind=AdapterKind.FACEID_PLUS_V2 if v2 else AdapterKind.FACEID_PLUS,
-            family=family,
-            variant=f"FaceID Plus{' v2' if v2 else ''} ({family.value})",
-            num_tokens=p["proj.2.weight"].shape[0] // token_dim,
-            token_dim=token_dim,
-            face_dim=p["proj.0.weight"].shape[1],
-            face_crop_size=_face_crop(family),
-            name_hint=hint,
-            **_clip(ClipOutput.PENULTIMATE, clip_dim),
-            **common,
-        )
-    elif "proj.3.weight" in p:
-        _no_override(name, override)
-        spec = AdapterSpec(
-            kind=AdapterKind.FULL_FACE,
-            family=family,
-            variant=f"full-face ({family.value})",
-            num_tokens=257,  # one token per CLIP penultimate token (CLS + 16x16 patches)
-            token_dim=p["proj.2.weight"].shape[0],
-            **_clip(ClipOutput.PENULTIMATE, p["proj.0.weight"].shape[1]),
-            **common,
-        )
-    elif "latents" in p:
-        in_dim = p["proj_in.weight"].shape[1]
-        token_dim = p["proj_out.weight"].shape[0]
-        if in_dim == FACE_DIM:
-            if override not in (None, "unnorm"):
-                raise _bad_override(name, override, ("unnorm",))
-            spec = AdapterSpec(
-                kind=AdapterKind.PORTRAIT_UNNORM,
-                family=family,
-                variant=f"FaceID portrait unnorm ({family.value})",
-                num_tokens=p["latents"].shape[1],
-                token_dim=token_dim,
-                face_dim=in_dim,
-                face_normed=False,
-                face_crop_size=_face_crop(family),
-                **common,
-            )
-        else:
-            _no_override(name, override)
-            clip = _clip(ClipOutput.PENULTIMATE, in_dim)
-            if clip["clip_encoder"] == "ViT-L-14-336" and family is Family.SDXL:
-                family = Family.KOLORS
-            spec = AdapterSpec(
-                kind=AdapterKind.PLUS,
-                family=family,
-                variant=_plus_variant(lower, family),
-                num_tokens=p["latents"].shape[1],
-                token_dim=token_dim,
-                **clip,
-                **common,
-            )
-    elif "proj.0.weight" in p and "proj.2.weight" in p and "norm.weight" in p:
-        token_dim = p["norm.weight"].shape[0]
-        tokens = p["proj.2.weight"].shape[0] // token_dim
-        portrait = lora_rank is None and tokens >= 16
-        normed = not (override == "unnorm" or (override is None and "unnorm" in lower))
-        if override not in (None, "normed", "unnorm") or (override is not None and not portrait):
-            raise _bad_override(name, override, ("normed", "unnorm") if portrait else ())
-        spec = AdapterSpec(
-            kind=AdapterKind.PORTRAIT if portrait else AdapterKind.FACEID,
-            family=family,
-            variant=f"FaceID{' portrait' if portrait else ''}{'' if normed else ' unnorm'} ({family.value})",
-            num_tokens=tokens,
-            token_dim=token_dim,
-            face_dim=p["proj.0.weight"].shape[1],
-            face_normed=normed,
-            face_crop_size=_face_crop(family),
-            name_hint="" if normed else ("override unnorm" if override else "file name says unnorm"),
-            **common,
-        )
-    elif "proj.weight" in p and "norm.weight" in p:
-        _no_override(name, override)
-        token_dim = p["norm.weight"].shape[0]
-        clip = _clip(ClipOutput.IMAGE_EMBEDS, p["proj.weight"].shape[1])
-        spec = AdapterSpec(
-            kind=AdapterKind.IMAGE_PROJ,
-            family=family,
-            variant=_base_variant(lower, family, clip["clip_encoder"]),
-            num_tokens=p["proj.weight"].shape[0] // token_dim,
-            token_dim=token_dim,
-            **clip,
-            **common,
-        )
-    else:
+    layers = len(kv["widths"])
+    common = dict(cross_attention_dim=cross, layer_widths=kv["widths"], lora_rank=_lora_rank(raw, layers, cross))
+    layout = next((row for row in LAYOUTS if row.matches(raw.image_proj)), None)
+    if layout is None:
         raise CheckpointError(
-            f"{name}: unknown image projection layout. Known layouts: ImageProj (proj, norm), full-face MLP "
-            "(proj.0/2/3), Resampler (latents, proj_in, layers.*), FaceID MLP (proj.0/2, norm), FaceID Plus "
-            f"(perceiver_resampler.*). image_proj keys seen: {', '.join(sorted(p)[:8])}."
+            f"{name}: unknown image projection layout. Known layouts: {', '.join(row.name for row in LAYOUTS)}. "
+            f"image_proj keys seen: {', '.join(sorted(raw.image_proj)[:8])}."
         )
+    spec = layout.describe(_Probe(name, raw.image_proj, override, _topology_family(name, layers, cross), common))
     if spec.token_dim != cross and spec.family is not Family.KOLORS:
         raise CheckpointError(
             f"{name}: image tokens are {spec.token_dim} wide but to_k_ip expects {cross}; the two groups come from "
@@ -273,20 +326,20 @@ def _kv_widths(raw: RawCheckpoint) -> dict:
 
 
 def _topology_family(name: str, layers: int, cross: int) -> Family:
-    if layers == 16:
-        return Family.SD15
-    if layers == 70:
-        return Family.SDXL
-    raise CheckpointError(
-        f"{name}: {layers} cross-attention layers (context width {cross}); known UNets have 16 (SD1.5) or "
-        "70 (SDXL, Kolors). This adapter is for a model this pack does not support."
-    )
+    family = FAMILY_BY_LAYERS.get(layers)
+    if family is None:
+        known = " or ".join(f"{n} ({f.label})" for n, f in FAMILY_BY_LAYERS.items())
+        raise CheckpointError(
+            f"{name}: {layers} cross-attention layers (context width {cross}); known UNets have {known}; Kolors has "
+            "SDXL's. This adapter is for a model this pack does not support."
+        )
+    return family
 
 
 def _lora_rank(raw: RawCheckpoint, layers: int, cross: int) -> int | None:
     found = {}
     for key, t in raw.ip_adapter.items():
-        m = _LORA_KEY.match(key)
+        m = LORA_KEY.match(key)
         if m:
             found[(int(m.group(1)), m.group(2), m.group(3))] = t
     if not found:
@@ -310,16 +363,6 @@ def _clip(output: ClipOutput, dim: int) -> dict:
 
 def _face_crop(family: Family) -> int:
     return {Family.SD15: 224, Family.SDXL: 256, Family.KOLORS: 336}[family]
-
-
-def _plus_variant(lower: str, family: Family) -> str:
-    flavour = "plus-face" if "face" in lower else "composition" if "composition" in lower else "plus"
-    return f"{flavour} ({family.value})"
-
-
-def _base_variant(lower: str, family: Family, encoder: str | None) -> str:
-    flavour = "light" if "light" in lower else "base"
-    return f"{flavour} ({family.value}, {encoder or 'unknown encoder'})"
 
 
 def _no_override(name: str, override: str | None) -> None:

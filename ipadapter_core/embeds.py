@@ -17,7 +17,6 @@ from .images import clip_pixels, zero_pixels
 from .spec import AdapterKind, AdapterSpec, ClipOutput
 
 COMBINE_METHODS = ("concat", "add", "subtract", "average", "norm average", "max", "min")
-FEATURES = ("clip", "face")
 
 ClipEncoder = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 """Normalised pixels `[B, 3, S, S]` -> {"image_embeds": [B, P], "penultimate": [B, N, E]}."""
@@ -46,6 +45,11 @@ class ImageEmbeds:
     @property
     def count(self) -> int:
         return next(iter(self.cond.values())).shape[0]
+
+    def to(self, device: torch.device | str) -> ImageEmbeds:
+        """The same embeds with every feature on `device`."""
+        move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+        return replace(self, cond=move(self.cond), uncond=move(self.uncond))
 
     def describe(self) -> str:
         parts = [f"{self.count} reference(s)"]

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from einops import repeat
 
+from .spec import FACE_DIM
+
 log = logging.getLogger(__name__)
 
 # configuration
@@ -51,8 +53,7 @@ PACK_FILES = {
     "antelopev2": (("scrfd_10g_bnkps.onnx", "glintr100.onnx"), ("1k3d68.onnx", "2d106det.onnx", "genderage.onnx")),
 }
 DET_SIZES = (640, 576, 512, 448, 384, 320)
-CROP_SIZES = {"sd15": 224, "sdxl": 256, "kolors": 336}  # FaceID-Plus CLIP crops (norm_crop sizes)
-EMBED_DIM = 512
+
 INSTALL_HINT = (
     "Install it into the Python environment that runs ComfyUI with `pip install insightface onnxruntime` "
     "(or `onnxruntime-gpu` instead of `onnxruntime` for CUDA). Only the FaceID nodes need it; the other "
@@ -431,8 +432,8 @@ def analyze_images(
         raise ValueError(f"crop_size must be a multiple of 112 or 128 (224, 256, 336 ...), got {crop_size}")
     pixels = images_to_uint8(images)
     b = len(pixels)
-    normed = np.zeros((b, EMBED_DIM), np.float32)
-    raw = np.zeros((b, EMBED_DIM), np.float32)
+    normed = np.zeros((b, FACE_DIM), np.float32)
+    raw = np.zeros((b, FACE_DIM), np.float32)
     crops = np.zeros((b, crop_size, crop_size, 3), np.uint8)
     selected: list[Face | None] = []
     for i, image in enumerate(pixels):

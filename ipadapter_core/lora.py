@@ -15,7 +15,12 @@ import torch
 
 from .topology import Topology
 
-_KEY = re.compile(r"^(\d+)\.to_(q|k|v|out)_lora\.(down|up)\.weight$")
+LORA_KEY = re.compile(r"^(\d+)\.to_(q|k|v|out)_lora\.(down|up)\.weight$")
+"""A FaceID LoRA tensor of an adapter file's ip_adapter group: processor index, projection, down/up."""
+
+
+def is_lora_key(key: str) -> bool:
+    return LORA_KEY.match(key) is not None
 
 
 def processor_names(topology: Topology) -> dict[int, str]:
@@ -32,7 +37,7 @@ def to_diffusers_lora(lora: dict[str, torch.Tensor], topology: Topology) -> dict
     names = processor_names(topology)
     out = {}
     for key, tensor in lora.items():
-        m = _KEY.match(key)
+        m = LORA_KEY.match(key)
         if m is None:
             raise ValueError(f"unexpected FaceID LoRA key '{key}'")
         n = int(m.group(1))

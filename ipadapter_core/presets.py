@@ -1,7 +1,8 @@
 """Unified-loader presets and tolerant file-name matching.
 
 Names are compared after lower-casing and dropping every separator, so `ip-adapter_sd15`,
-`IP_Adapter-SD15.safetensors` and `sd15/ip.adapter.sd15.bin` all match. A file belongs to the longest
+`IP_Adapter-SD15.safetensors` and `sd15/ip.adapter.sd15.bin` all match; a file with a generic name
+(`model.safetensors`) is known by its folder's name. A file belongs to the longest
 known name it contains, so `ip-adapter_sd15_light_v11` is a light adapter, not a standard one.
 """
 
@@ -25,7 +26,6 @@ PRESETS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     "faceid portrait": (("ip-adapter-faceid-portrait-v11_sd15", "ip-adapter-faceid-portrait_sd15"), ("ip-adapter-faceid-portrait_sdxl",), "ViT-H-14"),
     "faceid portrait unnorm - SDXL only": ((), ("ip-adapter-faceid-portrait_sdxl_unnorm",), "ViT-H-14"),
 }
-FACEID_PRESETS = tuple(p for p in PRESETS if p.startswith("faceid"))
 
 # names of the CLIP vision files per encoder (published names and common renames)
 CLIP_NAMES: dict[str, tuple[str, ...]] = {
@@ -37,9 +37,17 @@ CLIP_NAMES: dict[str, tuple[str, ...]] = {
 _EXTENSIONS = re.compile(r"\.(safetensors|sft|bin|pth|pt|ckpt)$", re.IGNORECASE)
 
 
+_GENERIC = {"model", "pytorchmodel", "openclippytorchmodel", "openclipmodel"}
+"""File names that say nothing (a repository downloaded as a folder: `CLIP-ViT-H-14-laion2B-s32B-b79K/model.safetensors`);
+such a file is known by its folder's name."""
+
+
 def normalize(name: str) -> str:
-    base = _EXTENSIONS.sub("", name.replace("\\", "/").rsplit("/", 1)[-1])
-    return re.sub(r"[^a-z0-9]", "", base.lower())
+    parts = name.replace("\\", "/").split("/")
+    key = re.sub(r"[^a-z0-9]", "", _EXTENSIONS.sub("", parts[-1]).lower())
+    if key in _GENERIC and len(parts) > 1:
+        return re.sub(r"[^a-z0-9]", "", parts[-2].lower())
+    return key
 
 
 @dataclass(frozen=True)

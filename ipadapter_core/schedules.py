@@ -13,6 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from .spec import Family
 from .topology import Topology
 
 WEIGHT_TYPES = (
@@ -110,14 +111,13 @@ def _blocks_by_transformer(topology: Topology) -> dict[int, str]:
 
 def _style_table(topology: Topology) -> dict:
     """InstantStyle's style and composition transformers for the two known layouts."""
-    n = topology.num_transformers
-    if n == 11:  # SDXL: up_blocks.0.attentions.1 is style, down_blocks.2.attentions.1 is layout
+    if topology.family is Family.SDXL:  # 11 transformers: up_blocks.0.attentions.1 is style, down_blocks.2.attentions.1 is layout
         return {"style": (6,), "composition": {3: 1.0}}
-    if n == 16:  # SD1.5
+    if topology.family is Family.SD15:  # 16 transformers
         return {"style": (0, 1, 2, 3, 9, 10, 11, 12, 13, 14, 15), "composition": {4: 0.25, 5: 1.0}}
     raise ValueError(
-        f"style/composition weight types are defined for SD1.5 (16 transformers) and SDXL (11); this model has {n}. "
-        "Use linear, an ease type or block_weights."
+        f"style/composition weight types are defined for SD1.5 (16 transformers) and SDXL (11); this model has "
+        f"{topology.num_transformers}. Use linear, an ease type or block_weights."
     )
 
 

@@ -54,6 +54,15 @@ class Family(str, Enum):
     SDXL = "sdxl"
     KOLORS = "kolors"
 
+    @property
+    def label(self) -> str:
+        """The name users know: SD1.5, SDXL, Kolors."""
+        return {"sd15": "SD1.5", "sdxl": "SDXL", "kolors": "Kolors"}[self.value]
+
+
+FAMILY_BY_LAYERS = {16: Family.SD15, 70: Family.SDXL}
+"""The UNet family from its number of cross-attention layers (Kolors' UNet has SDXL's 70)."""
+
 
 class ClipOutput(str, Enum):
     """Which output of the CLIP vision tower an adapter reads."""
@@ -61,6 +70,9 @@ class ClipOutput(str, Enum):
     IMAGE_EMBEDS = "image_embeds"  # visual_projection(post_layernorm(CLS)), one vector per image
     PENULTIMATE = "penultimate"  # hidden_states[-2], every token, no post-layernorm
 
+
+FACE_DIM = 512
+"""Width of the InsightFace (ArcFace) identity embedding every FaceID adapter reads."""
 
 # CLIP vision towers by the width of what the adapters read from them.
 CLIP_ENCODERS = {

@@ -1,4 +1,5 @@
-"""Turn projected image tokens into per-layer `ImageTerm`s: keys, values, weights and masks, computed once."""
+"""Turn projected image tokens into per-layer `ImageTerm`s (or `FrameTerm`s, when latent frames differ): keys,
+values, weights and masks, computed once."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from einops import rearrange
 
 from .adapter import IPAdapterModel, layer_kv
-from .attention import ImageTerm
+from .attention import FrameTerm, ImageTerm
 from .schedules import EMBEDS_SCALING, TransformerWeight
 from .topology import Topology
 
@@ -59,6 +60,67 @@ def adapter_terms(
             k = torch.stack([k[0], k[0]])
             v = torch.stack([torch.zeros_like(v[0]), v[0]])
         terms[layer.key] = ImageTerm(k=k, v=v, segments=segments, masks=masks, sigma_range=sigma_range)
+    return terms
+
+
+def frame_adapter_terms(
+    model: IPAdapterModel,
+    topology: Topology,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    slot_weights: tuple[tuple[TransformerWeight, ...], ...],
+    slots: tuple[tuple[int, int], ...],
+    frame_slots: tuple[int, ...],
+    *,
+    segments: tuple[int, ...],
+    embeds_scaling: str = "V only",
+    masks: torch.Tensor | None = None,
+    frame_masks: bool = False,
+    sigma_range: tuple[float, float] | None = None,
+    pre: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[tuple[str, int, int], FrameTerm]:
+    """Frame terms keyed by layer: every latent frame attends to its own token set with its own weight.
+
+    Args:
+        cond, uncond: `[G, t, c]`, G token sets (one per reference when unfolding, else one set of all
+            references' tokens) of t tokens each.
+        slot_weights: per distinct frame weight, one `TransformerWeight` per layer of `topology`.
+        slots: the distinct (token set, weight index) pairs that frames use.
+        frame_slots: the slot of each frame (frames past the end use the last).
+        segments: token groups of a set that get their own softmax.
+        masks, frame_masks: see `FrameTerm`.
+    Layers where every slot's weight is 0 get no term; a frame whose weight is 0 on a layer is skipped there.
+    """
+    if embeds_scaling not in EMBEDS_SCALING:
+        raise ValueError(f"unknown embeds_scaling '{embeds_scaling}'; choose one of: {', '.join(EMBEDS_SCALING)}")
+    if cond.shape != uncond.shape:
+        raise ValueError(f"positive and negative tokens differ in shape: {tuple(cond.shape)} vs {tuple(uncond.shape)}")
+    if any(len(w) != len(topology.layers) for w in slot_weights):
+        raise ValueError(f"layer weights for {len(topology.layers)} layers expected per frame weight")
+    sets = cond.shape[0]
+    tokens = torch.cat([rearrange(cond, "g s c -> (g s) c"), rearrange(uncond, "g s c -> (g s) c")])
+    terms = {}
+    for i, layer in enumerate(topology.layers):
+        active = [n for n, (_, w) in enumerate(slots) if slot_weights[w][i].weight != 0]
+        if not active:
+            continue
+        k, v = layer_kv(model, layer.checkpoint_index, tokens, pre=pre)
+        k, v = (rearrange(t.float(), "(r g m) c -> g r m c", r=2, g=sets) for t in (k, v))
+        ks, vs = [], []
+        for n in active:
+            token_set, w = slots[n]
+            tw = slot_weights[w][i]
+            sk, sv = _scale(k[token_set], v[token_set], tw.weight, embeds_scaling, layer.width, segments)
+            if tw.swap:  # negative guidance, as in adapter_terms
+                sk = torch.stack([sk[0], sk[0]])
+                sv = torch.stack([torch.zeros_like(sv[0]), sv[0]])
+            ks.append(sk)
+            vs.append(sv)
+        position = {n: j for j, n in enumerate(active)}
+        terms[layer.key] = FrameTerm(
+            k=torch.stack(ks), v=torch.stack(vs), frame_slots=tuple(position.get(n) for n in frame_slots),
+            segments=segments, masks=masks, frame_masks=frame_masks, sigma_range=sigma_range,
+        )
     return terms
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-BLOCK_ORDER_EXEC = ("input", "middle", "output")
+from .spec import FAMILY_BY_LAYERS, Family
+
 BLOCK_ORDER_CKPT = ("input", "output", "middle")
 
 
@@ -44,15 +45,23 @@ class Topology:
     context_dim: int
 
     @property
+    def family(self) -> Family | None:
+        """SD1.5 or SDXL (Kolors included) by the layer count; None for other UNets."""
+        return FAMILY_BY_LAYERS.get(len(self.layers))
+
+    def describe(self) -> str:
+        """For messages: "SD1.5 (context 768)", or the layer count of an unknown UNet."""
+        n = len(self.layers)
+        name = self.family.label if self.family else f"a UNet with {n} cross-attention layers"
+        return f"{name} (context {self.context_dim})"
+
+    @property
     def num_transformers(self) -> int:
         return 1 + max(layer.transformer_index for layer in self.layers)
 
     @property
     def widths_checkpoint_order(self) -> tuple[int, ...]:
         return tuple(layer.width for layer in sorted(self.layers, key=lambda x: x.checkpoint_index))
-
-    def by_checkpoint_index(self) -> dict[int, CrossAttnLayer]:
-        return {layer.checkpoint_index: layer for layer in self.layers}
 
     @classmethod
     def from_transformers(

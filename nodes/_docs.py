@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from ..ipadapter_core import COMBINE_METHODS, EMBEDS_SCALING, WEIGHT_TYPES, Topology, parse_block_weights
+from ..ipadapter_core import COMBINE_METHODS, EMBEDS_SCALING, WEIGHT_TYPES, ApplySettings, Topology, parse_block_weights
+from ..ipadapter_core.engine import SCHEDULE_INPUTS
+from ..ipadapter_core.faces import FACE_PROVIDERS
 
 ADAPTER = "IPAKIT_ADAPTER"
 EMBEDS = "IPAKIT_EMBEDS"
 INSIGHTFACE = "IPAKIT_INSIGHTFACE"
 CATEGORY = "ipadapter_kit"
+_DEFAULTS = ApplySettings()  # the engine's defaults are the widgets' defaults
 
 MODEL = ("MODEL", {"tooltip": "The diffusion model to add the image prompt to. It is cloned; the input model is not changed."})
 IPADAPTER = (ADAPTER, {"tooltip": "The IP-Adapter, from the Model Loader or the Unified Loader."})
@@ -15,18 +18,20 @@ IMAGE = ("IMAGE", {"tooltip": "Reference image(s). Several images (a batch) are 
 WEIGHT = (
     "FLOAT",
     {
-        "default": 1.0,
+        "default": _DEFAULTS.weight,
         "min": -1.0,
         "max": 5.0,
         "step": 0.05,
         "tooltip": "Strength of the image prompt. 0 leaves the model exactly as it was, 1 is the strength the adapter "
-        "was trained at, higher values override the text more, negative values push away from the image.",
+        "was trained at, higher values override the text more, negative values push away from the image. Convert it to "
+        "an input to link a weights list from IPAdapter Weights: one weight per latent frame (the last repeats for later "
+        "frames; frames of weight 0 cost nothing).",
     },
 )
 WEIGHT_TYPE = (
     list(WEIGHT_TYPES),
     {
-        "default": "linear",
+        "default": _DEFAULTS.weight_type,
         "tooltip": "How the weight is spread over the UNet layers. linear: the same everywhere. ease in / ease out / "
         "ease in-out / reverse in-out: ramps over the layers. weak input/output/middle, strong middle: 0.2x on those "
         "blocks. style transfer / composition: only the layers that carry style or layout (InstantStyle). strong style "
@@ -37,7 +42,7 @@ WEIGHT_TYPE = (
 COMBINE = (
     list(COMBINE_METHODS),
     {
-        "default": "concat",
+        "default": _DEFAULTS.combine_embeds,
         "tooltip": "How several reference images are merged. concat: all their tokens in one attention (the model blends "
         "them); add; subtract (first minus the mean of the rest); average; norm average (average of directions, keeps "
         "the average strength); max; min.",
@@ -45,16 +50,16 @@ COMBINE = (
 )
 START_AT = (
     "FLOAT",
-    {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": "Fraction of sampling after which the image prompt starts (0 = from the first step)."},
+    {"default": _DEFAULTS.start_at, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": "Fraction of sampling after which the image prompt starts (0 = from the first step)."},
 )
 END_AT = (
     "FLOAT",
-    {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": "Fraction of sampling after which the image prompt stops (1 = until the last step)."},
+    {"default": _DEFAULTS.end_at, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": "Fraction of sampling after which the image prompt stops (1 = until the last step)."},
 )
 EMBEDS_SCALING_INPUT = (
     list(EMBEDS_SCALING),
     {
-        "default": "V only",
+        "default": _DEFAULTS.embeds_scaling,
         "tooltip": "Where the weight acts inside attention. V only: scales the image attention output (the reference "
         "method). K+V: also sharpens where the image is attended. K+V w/ C penalty: the same, weaker on wide layers. "
         "K+mean(V) w/ C penalty: scales the shared part of the image and keeps its details.",
@@ -64,12 +69,35 @@ CLIP_VISION = ("CLIP_VISION", {"tooltip": "CLIP vision encoder matching the adap
 IMAGE_NEGATIVE = ("IMAGE", {"tooltip": "Optional image to steer away from: it replaces the empty image the negative (CFG) pass otherwise sees."})
 ATTN_MASK = (
     "MASK",
-    {"tooltip": "Optional mask of where the image prompt acts (white) and where not (black). One mask for all images, or one per reference image (with concat) to put each image in its own region."},
+    {
+        "tooltip": "Optional mask of where the image prompt acts (white) and where not (black). Without unfold_batch: one "
+        "mask for all images, or one per reference image (with concat) to put each image in its own region. With "
+        "unfold_batch: one mask per latent frame (the last repeats for later frames)."
+    },
+)
+UNFOLD_BATCH = (
+    "BOOLEAN",
+    {
+        "default": False,
+        "tooltip": "For animation (a batch of latent frames): latent frame i gets the i-th reference image alone (the last "
+        "one repeats when there are fewer images than frames; extra images are unused) and the i-th mask. "
+        "combine_embeds is then not used. Works with the sampler's context windows (ComfyUI core and AnimateDiff).",
+    },
+)
+ENCODE_BATCH_SIZE = (
+    "INT",
+    {
+        "default": 0,
+        "min": 0,
+        "max": 4096,
+        "tooltip": "Encode the reference images through CLIP vision this many at a time (with a progress bar), so hundreds "
+        "of frames never hold more than one chunk's activations. 0: all at once.",
+    },
 )
 BLOCK_WEIGHTS = (
     "STRING",
     {
-        "default": "",
+        "default": _DEFAULTS.block_weights,
         "multiline": True,
         "tooltip": "Optional per-block weights, multiplied with weight and weight_type. Either the diffusers/InstantStyle "
         'dict, e.g. {"up": {"block_0": [0.0, 1.0, 0.0]}} (SDXL style only; blocks not named get 0), or layer:weight '
@@ -79,7 +107,7 @@ BLOCK_WEIGHTS = (
 WEIGHT_FACEIDV2 = (
     "FLOAT",
     {
-        "default": 1.0,
+        "default": _DEFAULTS.weight_faceidv2,
         "min": -1.0,
         "max": 5.0,
         "step": 0.05,
@@ -102,20 +130,23 @@ LORA_STRENGTH = (
 )
 
 
+PROVIDER = (
+    list(FACE_PROVIDERS),
+    {"default": "CPU", "tooltip": "onnxruntime execution provider; falls back to CPU with a warning when it is not installed."},
+)
+
+_SCHEDULE = {"weight": WEIGHT, "weight_type": WEIGHT_TYPE, "combine_embeds": COMBINE, "start_at": START_AT, "end_at": END_AT,
+             "embeds_scaling": EMBEDS_SCALING_INPUT}
+
+
 def schedule_inputs() -> dict:
-    """The widgets every apply node has, in the order saved workflows expect."""
-    return {
-        "weight": WEIGHT,
-        "weight_type": WEIGHT_TYPE,
-        "combine_embeds": COMBINE,
-        "start_at": START_AT,
-        "end_at": END_AT,
-        "embeds_scaling": EMBEDS_SCALING_INPUT,
-    }
+    """The widgets every apply node has, in the order saved workflows expect (the engine's SCHEDULE_INPUTS)."""
+    return {name: _SCHEDULE[name] for name in SCHEDULE_INPUTS}
 
 
 def apply_optional() -> dict:
-    return {"clip_vision": CLIP_VISION, "image_negative": IMAGE_NEGATIVE, "attn_mask": ATTN_MASK, "block_weights": BLOCK_WEIGHTS}
+    return {"clip_vision": CLIP_VISION, "image_negative": IMAGE_NEGATIVE, "attn_mask": ATTN_MASK, "block_weights": BLOCK_WEIGHTS,
+            "unfold_batch": UNFOLD_BATCH, "encode_batch_size": ENCODE_BATCH_SIZE}
 
 
 def validate_block_weights(block_weights) -> bool | str:

@@ -8,7 +8,7 @@ import weakref
 from pathlib import Path
 
 from ..ipadapter_core.lora import to_diffusers_lora
-from . import _comfy
+from . import _folders, _progress, _unet
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def insightface_roots() -> list[Path]:
     """Folders holding `models/<pack>/`: models/insightface and any `insightface:` entry of extra_model_paths.yaml."""
     import folder_paths
 
-    roots = [Path(p) for p in _comfy.folders("insightface")]
+    roots = [Path(p) for p in _folders.folders("insightface")]
     default = Path(folder_paths.models_dir) / "insightface"
     if default not in roots:
         roots.append(default)
@@ -57,7 +57,7 @@ def load_insightface(pack: str, provider: str):
 
 def analyze(analyzer, images, *, crop_size: int, choice, on_missing: str):
     """Faces of an image batch, with a progress bar over the images."""
-    bar = _comfy.progress(images.shape[0])
+    bar = _progress.progress(images.shape[0])
     return faces_module().analyze_images(
         analyzer, images, crop_size=crop_size, choice=choice, on_missing=on_missing, on_image=lambda i: bar.update(1)
     )
@@ -84,7 +84,7 @@ def apply_lora(model, adapter, strength: float, lora_file: Path | None = None):
     if lora_file is not None:
         lora = comfy.utils.load_torch_file(str(lora_file), safe_load=True)
     else:
-        lora = to_diffusers_lora(adapter.lora, _comfy.topology(model))
+        lora = to_diffusers_lora(adapter.lora, _unet.topology(model))
     patched, _ = comfy.sd.load_lora_for_models(model, None, lora, strength, 0)
     marks = set(patched.model_options.get(LORA_MARK, ()))
     marks.add(str(adapter.path))

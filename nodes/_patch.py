@@ -4,6 +4,12 @@ A patch object holds the precomputed `LayerPlan` of its layer (every adapter cha
 and, when another pack had already installed a replace patch at the same key, that foreign callable,
 which it calls for the base output instead of plain text attention. Patch objects are immutable:
 chaining creates a new one, `clone()`'s deepcopy shares it, and `.to()` returns a moved copy.
+
+Frame terms (per-frame references, weights and masks) need each latent's frame index: the latent's
+position in the batch, or, when the sampler evaluates a window of frames, the window's indices: ComfyUI's
+context windows put an `IndexListContextWindow` (`index_list`, `dim`) at `transformer_options["context_window"]`,
+AnimateDiff-Evolved puts `sub_idxs` (and `full_length`) in `transformer_options["ad_params"]`; both reach
+the patch through `extra_options`.
 """
 
 from __future__ import annotations
@@ -13,12 +19,12 @@ import logging
 
 import torch
 
-from ..ipadapter_core import ImageTerm, LayerPlan, Topology
+from ..ipadapter_core import FrameTerm, ImageTerm, LayerPlan, Topology
 
 log = logging.getLogger(__name__)
 
 
-def _text_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+def text_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
     """What the unpatched layer computes, with the host's own attention kernel."""
     from comfy.ldm.modules import attention
 
@@ -34,6 +40,20 @@ def _rows(cond_or_uncond: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(1 if c == 1 else 0 for c in cond_or_uncond)
 
 
+def window_frames(extra_options: dict, latents: int) -> tuple[int, ...] | None:
+    """The frame index of each of the `latents` latents of this call when the sampler evaluates a window of
+    frames (ComfyUI's context windows along the batch, or AnimateDiff-Evolved's); None: latent j is frame j."""
+    window = extra_options.get("context_window")
+    indices = getattr(window, "index_list", None)
+    if indices is not None and getattr(window, "dim", 0) == 0 and len(indices) == latents:
+        return tuple(int(i) for i in indices)
+    ad_params = extra_options.get("ad_params")
+    indices = ad_params.get("sub_idxs") if isinstance(ad_params, dict) else None
+    if indices is not None and len(indices) == latents:
+        return tuple(int(i) for i in indices)
+    return None
+
+
 class IPAKitAttn2:
     """attn2 replace patch: text attention (or the wrapped foreign patch) plus every image term of the layer."""
 
@@ -45,22 +65,23 @@ class IPAKitAttn2:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         if self.base is None:
-            out = _text_attention(q, k, v, extra_options)  # a new tensor: the image attention is added into it in place
+            out = text_attention(q, k, v, extra_options)  # a new tensor: the image attention is added into it in place
         else:
             out = self.base(q, k, v, extra_options).clone(memory_format=torch.contiguous_format)  # never write into theirs
         if not out.is_contiguous():
             out = out.contiguous()
-        return self.add_image_attention(q, extra_options, out)
+        return self._image_attention(q, extra_options, out)
 
-    def add_image_attention(self, q: torch.Tensor, extra_options: dict, out: torch.Tensor) -> torch.Tensor:
+    def _image_attention(self, q: torch.Tensor, extra_options: dict, out: torch.Tensor) -> torch.Tensor:
         """Adds every image term of the layer into `out` (contiguous, shaped like `q`) for the call that ComfyUI's
         `extra_options` describe (cond/uncond rows, latent shape, sigmas); returns `out`."""
         shape = extra_options.get("original_shape")
         latent_hw = (shape[-2], shape[-1]) if shape is not None and len(shape) >= 4 else None
-        return self.plan(q, rows=_rows(tuple(extra_options.get("cond_or_uncond") or (0,))), latent_hw=latent_hw,
-                         sigmas=extra_options.get("sigmas"), out=out)
+        rows = _rows(tuple(extra_options.get("cond_or_uncond") or (0,)))
+        frames = window_frames(extra_options, q.shape[0] // len(rows)) if self.plan.frame_terms else None
+        return self.plan(q, rows=rows, latent_hw=latent_hw, sigmas=extra_options.get("sigmas"), out=out, frames=frames)
 
-    def extend(self, terms: list[ImageTerm]) -> IPAKitAttn2:
+    def extend(self, terms: list[ImageTerm | FrameTerm]) -> IPAKitAttn2:
         return IPAKitAttn2(self.plan.extend(terms), self.base)
 
     def to(self, *args, **kwargs) -> IPAKitAttn2:
@@ -77,7 +98,7 @@ class IPAKitAttn2:
         return []  # nothing to load at sampling time: keys and values were computed when the node ran
 
 
-def install(model, topology: Topology, terms: dict[tuple[str, int, int], ImageTerm]):
+def install(model, topology: Topology, terms: dict[tuple[str, int, int], ImageTerm | FrameTerm]):
     """A clone of `model` with `terms` added to its attn2 replace patches (chaining and wrapping as needed)."""
     patched = model.clone()
     replace = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})

@@ -1,55 +1,25 @@
-"""What the apply and encode nodes do, between their widgets and the core: encode, project, weigh, patch."""
+"""What the apply and encode nodes do between their widgets and the engine: adapt ComfyUI to it.
+
+The engine (`ipadapter_core.engine`) turns an adapter, embeds and `ApplySettings` into image terms; this
+module supplies what only the host knows (the UNet's topology, the compute device and dtype, the sampling
+schedule, the CLIP vision encoder, Kolors' `encoder_hid_proj`), applies the FaceID LoRA and installs
+the patch.
+"""
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, replace
+import dataclasses
 
 import torch
 
-from ..ipadapter_core import (
-    AdapterKind,
-    ImageEmbeds,
-    LoadedAdapter,
-    adapter_terms,
-    as_mask_batch,
-    combine,
-    encode_clip,
-    layer_weights,
-    project_embeds,
-)
-from . import _comfy, _faceid, _patch
-
-log = logging.getLogger(__name__)
+from ..ipadapter_core import ApplySettings, ImageEmbeds, changes_nothing, check_topology, encode_clip, image_terms
+from . import _adapters, _clip, _faceid, _patch, _progress, _unet
+from ._adapters import AdapterBundle
 
 
-@dataclass(frozen=True)
-class AdapterBundle:
-    """What flows on an IPAKIT_ADAPTER socket: the shared adapter and, from the unified loader, its encoders."""
-
-    adapter: LoadedAdapter
-    clip_vision: object | None = None
-    insightface: object | None = None
-
-    @property
-    def spec(self):
-        return self.adapter.spec
-
-    @property
-    def name(self) -> str:
-        return self.adapter.name
-
-
-def check_model(bundle: AdapterBundle, model) -> None:
-    """Refuse an adapter made for another UNet, naming both and the fix."""
-    topo = _comfy.topology(model)
-    spec = bundle.spec
-    if spec.layer_widths != topo.widths_checkpoint_order or spec.cross_attention_dim != topo.context_dim:
-        raise ValueError(
-            f"{bundle.name} is an adapter for {spec.family.value.upper()} ({spec.num_layers} cross-attention layers, context "
-            f"{spec.cross_attention_dim}), but the model is {_comfy.model_name(topo)}. Pick an adapter made for this "
-            "model (SD1.5 adapters end in _sd15, SDXL ones in _sdxl), or use the Unified Loader."
-        )
+def changes_nothing_on(model, settings: ApplySettings) -> bool:
+    """True when applying with these settings would leave `model` as it is (then nothing needs encoding)."""
+    return changes_nothing(_unet.topology(model), settings)
 
 
 def encode(
@@ -60,11 +30,13 @@ def encode(
     image_negative: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     faces=None,
+    batch_size: int = 0,
 ) -> ImageEmbeds:
     """Encoder features of the references (and their negatives) for this adapter.
 
     `faces` is a FaceBatch from the InsightFace stage (FaceID adapters); images whose face was not
-    found are dropped there, so every row here is a real reference.
+    found are dropped there, so every row here is a real reference. `batch_size` > 0 runs CLIP vision on
+    that many images at a time, with a progress bar over the chunks.
     """
     spec = bundle.spec
     cond: dict[str, torch.Tensor] = {}
@@ -80,15 +52,27 @@ def encode(
         clip_vision = clip_vision if clip_vision is not None else bundle.clip_vision
         if clip_vision is None:
             raise ValueError(
-                f"{bundle.name} needs a CLIP vision model ({_comfy.clip_file_hint(spec)}): connect clip_vision, or load "
+                f"{bundle.name} needs a CLIP vision model ({_clip.clip_file_hint(spec)}): connect clip_vision, or load "
                 "the adapter with the Unified Loader, which brings it along"
             )
-        _comfy.check_clip(spec, clip_vision, bundle.name)
-        bar = _comfy.progress(1)
+        _clip.check_clip(spec, clip_vision, bundle.name)
+        clip_encoder = _clip.encoder(clip_vision)
+        chunks = 1
+        if batch_size and batch_size > 0:  # encode_clip splits references and negatives into chunks of batch_size
+            negatives = image_negative.shape[0] if image_negative is not None else (0 if spec.zero_clip_negative else 1)
+            total = images.shape[0] + negatives
+            chunks = -(-total // batch_size) if total > batch_size else 1
+        bar = _progress.progress(chunks)
+        if chunks > 1:
+            def clip_encoder(pixels, _encode=clip_encoder):  # noqa: E306 - one bar step per chunk
+                out = _encode(pixels)
+                bar.update(1)
+                return out
         cond["clip"], uncond["clip"] = encode_clip(
-            spec, _comfy.clip_encoder(clip_vision), images, negative_images=image_negative, mask=mask
+            spec, clip_encoder, images, negative_images=image_negative, mask=mask, batch_size=batch_size if chunks > 1 else 0
         )
-        bar.update(1)
+        if chunks == 1:
+            bar.update(1)
     return ImageEmbeds(
         cond=cond,
         uncond=uncond,
@@ -99,78 +83,72 @@ def encode(
     )
 
 
-def apply(
-    model,
-    bundle: AdapterBundle,
-    embeds: ImageEmbeds,
-    *,
-    weight: float,
-    weight_type: str = "linear",
-    combine_embeds: str = "concat",
-    start_at: float = 0.0,
-    end_at: float = 1.0,
-    embeds_scaling: str = "V only",
-    attn_mask: torch.Tensor | None = None,
-    block_weights: str = "",
-    clip_vision=None,
-    weight_faceidv2: float = 1.0,
-    weight_composition: float | None = None,
-    lora_strength: float = 0.0,
-):
+def encode_faces(bundle, image, insightface, *, clip_vision=None, image_negative=None, choice="largest",
+                 on_missing: str = "error", batch_size: int = 0):
+    """Embeds of the faces found in `image` (images without a face dropped; None when no image has one) and the aligned crops.
+
+    `choice` is "largest" or a face index; `on_missing` is "error" or "skip".
+    """
+    embeds, crops, _ = encode_face_frames(bundle, image, insightface, clip_vision=clip_vision, image_negative=image_negative,
+                                          choice=choice, on_missing=on_missing, batch_size=batch_size, keep_frames=False)
+    return embeds, crops
+
+
+def encode_face_frames(bundle, image, insightface, *, clip_vision=None, image_negative=None, choice="largest",
+                       on_missing: str = "error", batch_size: int = 0, keep_frames: bool = True):
+    """`encode_faces` plus which images had a face (a list of bools). With `keep_frames` (unfolding a batch)
+    an image without a face keeps its place instead of being dropped: it borrows the first found face's
+    features, and `face_frame_weights` gives its frame weight 0."""
+    analyzer = insightface if insightface is not None else bundle.insightface
+    if analyzer is None:
+        raise ValueError(f"{bundle.name} is a FaceID adapter: connect an InsightFace loader, or use the Unified Loader's FaceID presets")
+    spec = bundle.spec
+    faces = _faceid.analyze(analyzer, image, crop_size=spec.face_crop_size or 224, choice=choice, on_missing=on_missing)
+    keep = faces.found
+    crops = faces.crops
+    found = [bool(x) for x in keep.tolist()]
+    if not any(found):
+        return None, crops, found
+    rows = keep
+    if keep_frames and not all(found):
+        first = found.index(True)
+        rows = torch.tensor([i if f else first for i, f in enumerate(found)], dtype=torch.long)
+    picked = dataclasses.replace(faces, normed=faces.normed[rows], raw=faces.raw[rows], crops=crops[rows], found=keep[rows])
+    return encode(bundle, None, clip_vision=clip_vision, image_negative=image_negative, faces=picked, batch_size=batch_size), crops, found
+
+
+def face_frame_weights(weight, found: list[bool]) -> list[float]:
+    """Per-frame weights when unfolding faces: frame f keeps its weight when image f (the last image for later
+    frames) has a face, else 0."""
+    weights = ApplySettings(weight=weight).frame_weights
+    count = max(len(weights), len(found))
+    return [weights[min(f, len(weights) - 1)] if found[min(f, len(found) - 1)] else 0.0 for f in range(count)]
+
+
+def apply(model, bundle: AdapterBundle, embeds: ImageEmbeds, settings: ApplySettings, *, clip_vision=None,
+          lora_strength: float = 0.0):
     """A clone of `model` with the adapter's image prompt installed; `model` itself when nothing would change.
 
     FaceID adapters that ship a LoRA get it at `lora_strength` unless the model already carries it.
     """
     spec = bundle.spec
-    check_model(bundle, model)
-    topo = _comfy.topology(model)
-    weights = layer_weights(topo, weight_type, weight, block_weights=block_weights or "", weight_composition=weight_composition)
-    if all(w.weight == 0 for w in weights):
+    topo = _unet.topology(model)
+    check_topology(bundle.adapter, topo)
+    if changes_nothing(topo, settings):
         return model
-    embeds.check(spec, source=f"The embeds for {bundle.name}")
-    if spec.kind in (AdapterKind.PORTRAIT, AdapterKind.PORTRAIT_UNNORM):
-        combine_embeds = "concat"  # portrait adapters read several faces of one person together
-    embeds = combine(embeds, combine_embeds)
-    masks = _masks(attn_mask, embeds.count)
-    device, dtype = _comfy.compute_device_dtype(model)
-    _comfy.ready_adapter(bundle.adapter, device, dtype)
-    embeds = _to(embeds, device)
+    device, dtype = _unet.compute_device_dtype(model)
+    _adapters.ready_adapter(bundle.adapter, device, dtype)
     encoder = None
     if spec.kind.uses_clip and not embeds.uncond:
         cv = clip_vision if clip_vision is not None else bundle.clip_vision
-        encoder = _comfy.clip_encoder(cv) if cv is not None else None
-    cond, uncond = project_embeds(bundle.adapter.model, embeds, shortcut_scale=weight_faceidv2, encode=encoder)
-    terms = adapter_terms(
-        bundle.adapter.model,
-        topo,
-        cond,
-        uncond.to(cond),
-        weights,
-        embeds_scaling=embeds_scaling,
-        masks=None if masks is None else masks.to(device),
-        sigma_range=_comfy.sigma_range(model, start_at, end_at),
+        encoder = _clip.encoder(cv) if cv is not None else None
+    terms = image_terms(
+        bundle.adapter, topo, embeds, settings, percent_to_sigma=_unet.percent_to_sigma(model), encode=encoder,
         pre=_kolors_pre(model, spec),
     )
     if lora_strength and bundle.adapter.lora and not _faceid.has_lora(model, bundle.adapter):
         model = _faceid.apply_lora(model, bundle.adapter, lora_strength)
     return _patch.install(model, topo, terms)
-
-
-def _masks(attn_mask: torch.Tensor | None, references: int) -> torch.Tensor | None:
-    if attn_mask is None:
-        return None
-    masks = as_mask_batch(attn_mask)
-    if masks.shape[0] not in (1, references):
-        raise ValueError(
-            f"attn_mask has {masks.shape[0]} masks for {references} reference image(s): give one mask for the whole image "
-            "prompt, or one per reference image (with combine_embeds = concat) to place each image in its own region"
-        )
-    return masks
-
-
-def _to(embeds: ImageEmbeds, device: torch.device) -> ImageEmbeds:
-    move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
-    return replace(embeds, cond=move(embeds.cond), uncond=move(embeds.uncond))
 
 
 def _kolors_pre(model, spec):

@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 from . import _docs, _pipeline
-
-
-class ApplyNode:
-    """What every apply node shares: one MODEL output, the block_weights check, the schedule widgets."""
-
-    CATEGORY = _docs.CATEGORY
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The model with the image prompt; the input model is untouched.",)
-    FUNCTION = "apply"
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, block_weights=None):
-        return _docs.validate_block_weights(block_weights)
+from ._base import ApplyNode
 
 
 class Apply(ApplyNode):
     DESCRIPTION = (
         "Adds an image prompt to the model: the reference image is encoded by CLIP vision, projected into a few tokens and "
         "injected into every cross-attention layer (middle block included) through a second attention added to the text "
-        "attention with the given weight. Chain several Apply nodes to combine adapters; each adds its own attention."
+        "attention with the given weight. Chain several Apply nodes to combine adapters; each adds its own attention. "
+        "For animation, weight takes one value per latent frame (from IPAdapter Weights) and unfold_batch gives latent "
+        "frame i the i-th reference image and mask."
     )
 
     @classmethod
@@ -33,17 +22,20 @@ class Apply(ApplyNode):
             "optional": _docs.apply_optional(),
         }
 
-    def apply(self, model, ipadapter, image, clip_vision=None, image_negative=None, **options):
-        if options["weight"] == 0:
-            return (model,)
-        embeds = _pipeline.encode(ipadapter, image, clip_vision=clip_vision, image_negative=image_negative)
-        return (_pipeline.apply(model, ipadapter, embeds, clip_vision=clip_vision, **options),)
+    def apply(self, model, ipadapter, image, clip_vision=None, image_negative=None, encode_batch_size=0, **options):
+        settings = self.settings(options)
+        if _pipeline.changes_nothing_on(model, settings):
+            return (model,)  # nothing to encode
+        embeds = _pipeline.encode(ipadapter, image, clip_vision=clip_vision, image_negative=image_negative,
+                                  batch_size=encode_batch_size or 0)
+        return (_pipeline.apply(model, ipadapter, embeds, settings, clip_vision=clip_vision),)
 
 
 class ApplyEmbeds(ApplyNode):
     DESCRIPTION = (
         "Adds an image prompt from embeds (made by Encode, Combine Embeds or Load Embeds) instead of images. The embeds "
-        "are checked against the adapter first, so features from another encoder give a clear error."
+        "are checked against the adapter first, so features from another encoder give a clear error. weight may be one "
+        "value per latent frame; unfold_batch gives latent frame i the embeds' i-th reference."
     )
 
     @classmethod
@@ -64,8 +56,9 @@ class ApplyEmbeds(ApplyNode):
                 "block_weights": _docs.BLOCK_WEIGHTS,
                 "weight_faceidv2": _docs.WEIGHT_FACEIDV2,
                 "lora_strength": _docs.LORA_STRENGTH,
+                "unfold_batch": _docs.UNFOLD_BATCH,
             },
         }
 
-    def apply(self, model, ipadapter, embeds, lora_strength=0.6, **options):
-        return (_pipeline.apply(model, ipadapter, embeds, lora_strength=lora_strength, **options),)
+    def apply(self, model, ipadapter, embeds, clip_vision=None, lora_strength=0.6, **options):
+        return (_pipeline.apply(model, ipadapter, embeds, self.settings(options), clip_vision=clip_vision, lora_strength=lora_strength),)

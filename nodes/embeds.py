@@ -46,9 +46,7 @@ class Encode:
 
     def encode(self, ipadapter, image, clip_vision=None, mask=None, image_negative=None, insightface=None):
         if ipadapter.spec.kind.uses_face:
-            from .faceid import encode_faces
-
-            return (encode_faces(ipadapter, image, insightface, clip_vision=clip_vision, image_negative=image_negative)[0],)
+            return (_pipeline.encode_faces(ipadapter, image, insightface, clip_vision=clip_vision, image_negative=image_negative)[0],)
         return (_pipeline.encode(ipadapter, image, clip_vision=clip_vision, image_negative=image_negative, mask=mask),)
 
 

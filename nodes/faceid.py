@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
-from . import _comfy, _docs, _faceid, _pipeline
-from .apply import ApplyNode
+from . import _docs, _faceid, _folders, _pipeline
+from ._base import ApplyNode
 
 log = logging.getLogger(__name__)
 
-PROVIDERS = ["CPU", "CUDA", "ROCM", "CoreML", "DirectML", "OpenVINO"]
 PACKS = ["buffalo_l", "antelopev2"]
 EMBEDDED = "embedded (inside the adapter file)"
 
@@ -24,25 +22,6 @@ ON_MISSING = (
 
 def face_choice(face_selection: str, face_index: int):
     return "largest" if face_selection == "largest" else int(face_index)
-
-
-def encode_faces(bundle, image, insightface, *, clip_vision=None, image_negative=None, face_selection="largest",
-                 face_index=0, on_missing_face="error"):
-    """Embeds of the faces found in `image` (images without a face dropped) and the aligned crops."""
-    analyzer = insightface if insightface is not None else bundle.insightface
-    if analyzer is None:
-        raise ValueError(f"{bundle.name} is a FaceID adapter: connect an InsightFace loader, or use the Unified Loader's FaceID presets")
-    spec = bundle.spec
-    faces = _faceid.analyze(
-        analyzer, image, crop_size=spec.face_crop_size or 224, choice=face_choice(face_selection, face_index),
-        on_missing="skip" if on_missing_face == "skip image" else "error",
-    )
-    keep = faces.found
-    crops = faces.crops
-    if not bool(keep.any()):
-        return None, crops
-    found = dataclasses.replace(faces, normed=faces.normed[keep], raw=faces.raw[keep], crops=crops[keep], found=keep[keep])
-    return _pipeline.encode(bundle, None, clip_vision=clip_vision, image_negative=image_negative, faces=found), crops
 
 
 class InsightFaceLoader:
@@ -61,7 +40,7 @@ class InsightFaceLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "provider": (PROVIDERS, {"default": "CPU", "tooltip": "onnxruntime execution provider; falls back to CPU with a warning when it is not installed."}),
+                "provider": _docs.PROVIDER,
                 "model_name": (PACKS, {"default": "buffalo_l", "tooltip": "buffalo_l for SD1.5/SDXL FaceID; antelopev2 for Kolors FaceID."}),
             }
         }
@@ -75,7 +54,8 @@ class ApplyFaceID(ApplyNode):
         "Adds an identity image prompt: InsightFace finds a face in each image (largest, or by index), its ArcFace "
         "embedding (and, for FaceID Plus, the CLIP view of the aligned face) becomes the image tokens. Several images "
         "are combined; portrait adapters read all faces together. The FaceID LoRA inside the adapter file is applied "
-        "too (lora_strength). Also returns the aligned face crops."
+        "too (lora_strength). Also returns the aligned face crops. With unfold_batch, latent frame i gets the face of "
+        "image i (a frame whose image has no face gets weight 0 when skipping)."
     )
     RETURN_TYPES = ("MODEL", "IMAGE")
     RETURN_NAMES = ("model", "face_image")
@@ -103,17 +83,27 @@ class ApplyFaceID(ApplyNode):
                 "image_negative": _docs.IMAGE_NEGATIVE,
                 "attn_mask": _docs.ATTN_MASK,
                 "block_weights": _docs.BLOCK_WEIGHTS,
+                "unfold_batch": _docs.UNFOLD_BATCH,
+                "encode_batch_size": _docs.ENCODE_BATCH_SIZE,
             },
         }
 
     def apply(self, model, ipadapter, image, face_selection, face_index, on_missing_face, insightface=None,
-              clip_vision=None, image_negative=None, **options):
-        embeds, crops = encode_faces(ipadapter, image, insightface, clip_vision=clip_vision, image_negative=image_negative,
-                                     face_selection=face_selection, face_index=face_index, on_missing_face=on_missing_face)
+              clip_vision=None, image_negative=None, encode_batch_size=0, **options):
+        unfold = bool(options.get("unfold_batch"))
+        embeds, crops, found = _pipeline.encode_face_frames(
+            ipadapter, image, insightface, clip_vision=clip_vision, image_negative=image_negative,
+            choice=face_choice(face_selection, face_index), on_missing="skip" if on_missing_face == "skip image" else "error",
+            batch_size=encode_batch_size or 0, keep_frames=unfold,
+        )
         if embeds is None:
             log.warning("IPAdapter Kit: no face in any image; the model is returned without the identity prompt")
             return (model, crops)
-        return (_pipeline.apply(model, ipadapter, embeds, clip_vision=clip_vision, **options), crops)
+        if unfold and not all(found):  # frames whose image has no face get weight 0
+            options["weight"] = _pipeline.face_frame_weights(options["weight"], found)
+        lora_strength = options.pop("lora_strength")
+        settings = self.settings(options)
+        return (_pipeline.apply(model, ipadapter, embeds, settings, clip_vision=clip_vision, lora_strength=lora_strength), crops)
 
 
 class FaceIDLoRA:
@@ -133,13 +123,13 @@ class FaceIDLoRA:
             "required": {
                 "model": _docs.MODEL,
                 "ipadapter": (_docs.ADAPTER, {"tooltip": "The FaceID adapter the LoRA belongs to."}),
-                "lora": ([EMBEDDED, *_comfy.file_list("loras")], {"default": EMBEDDED, "tooltip": "The LoRA inside the adapter file, or a separate FaceID LoRA file."}),
+                "lora": ([EMBEDDED, *_folders.file_list("loras")], {"default": EMBEDDED, "tooltip": "The LoRA inside the adapter file, or a separate FaceID LoRA file."}),
                 "strength": (_docs.LORA_STRENGTH[0], {**_docs.LORA_STRENGTH[1], "tooltip": "LoRA strength; 0 disables it."}),
             }
         }
 
     def apply(self, model, ipadapter, lora, strength):
-        lora_file = None if lora == EMBEDDED else _comfy.resolve("loras", lora)
+        lora_file = None if lora == EMBEDDED else _folders.resolve("loras", lora)
         if lora_file is None and not ipadapter.adapter.lora:
             raise ValueError(f"{ipadapter.name} carries no FaceID LoRA (portrait and Kolors adapters have none); choose a LoRA file or skip this node")
         return (_faceid.apply_lora(model, ipadapter.adapter, strength, lora_file),)

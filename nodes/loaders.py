@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from ..ipadapter_core import Family, presets
 from ..ipadapter_core.checkpoint import OVERRIDES
-from . import _comfy, _docs, _faceid, _presets
-from ._pipeline import AdapterBundle
+from . import _adapters, _clip, _docs, _faceid, _folders, _unet
+from ._adapters import AdapterBundle
 
 
 class ModelLoader:
@@ -23,7 +24,7 @@ class ModelLoader:
         return {
             "required": {
                 "ipadapter_file": (
-                    _comfy.file_list(_comfy.IPADAPTER),
+                    _folders.file_list(_folders.IPADAPTER),
                     {"tooltip": "An IP-Adapter file from models/ipadapter (or an `ipadapter:` folder of extra_model_paths.yaml)."},
                 ),
             },
@@ -40,9 +41,9 @@ class ModelLoader:
         }
 
     def load(self, ipadapter_file, variant_override="auto"):
-        path = _comfy.resolve(_comfy.IPADAPTER, ipadapter_file)
+        path = _folders.resolve(_folders.IPADAPTER, ipadapter_file)
         override = None if variant_override in (None, "auto") else variant_override
-        return (AdapterBundle(_comfy.load_adapter_cached(path, override)),)
+        return (AdapterBundle(_adapters.load_adapter_cached(path, override)),)
 
 
 class UnifiedLoader:
@@ -67,7 +68,7 @@ class UnifiedLoader:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The model the adapter is for; its family (SD1.5 or SDXL) picks the file."}),
-                "preset": (list(_presets.PRESETS), {"default": "standard (medium strength)", "tooltip": "Which adapter to use."}),
+                "preset": (list(presets.PRESETS), {"default": "standard (medium strength)", "tooltip": "Which adapter to use."}),
             },
             "optional": {
                 "lora_strength": (
@@ -75,29 +76,29 @@ class UnifiedLoader:
                     {**_docs.LORA_STRENGTH[1], "tooltip": "FaceID presets: strength of the FaceID LoRA inside the adapter file, applied to the returned model (0 disables it)."},
                 ),
                 "provider": (
-                    ["CPU", "CUDA", "ROCM", "CoreML", "DirectML", "OpenVINO"],
-                    {"default": "CPU", "tooltip": "FaceID presets: onnxruntime provider for InsightFace (buffalo_l); falls back to CPU with a warning."},
+                    _docs.PROVIDER[0],
+                    {**_docs.PROVIDER[1], "tooltip": "FaceID presets: onnxruntime provider for InsightFace (buffalo_l); falls back to CPU with a warning."},
                 ),
             },
         }
 
     def load(self, model, preset, lora_strength=0.6, provider="CPU"):
         family = _family(model)
-        files = _comfy.file_list(_comfy.IPADAPTER)
-        match = _presets.pick_adapter(files, preset, family)
+        files = _folders.file_list(_folders.IPADAPTER)
+        match = presets.pick_adapter(files, preset, family.value)
         if match.file is None:
-            raise FileNotFoundError(_not_found("IP-Adapter", preset, family, match, _comfy.IPADAPTER))
-        adapter = _comfy.load_adapter_cached(_comfy.resolve(_comfy.IPADAPTER, match.file))
+            raise FileNotFoundError(_not_found("IP-Adapter", preset, family, match, _folders.IPADAPTER))
+        adapter = _adapters.load_adapter_cached(_folders.resolve(_folders.IPADAPTER, match.file))
         spec = adapter.spec
-        encoder = spec.clip_encoder or _presets.PRESETS[preset][2]
-        clip_match = _presets.pick_clip(_comfy.file_list("clip_vision"), encoder)
+        encoder = spec.clip_encoder or presets.PRESETS[preset][2]
+        clip_match = presets.pick_clip(_folders.file_list("clip_vision"), encoder)
         clip_vision = None
         if clip_match.file is not None:
-            clip_vision = _comfy.load_clip_vision_cached(_comfy.resolve("clip_vision", clip_match.file))
+            clip_vision = _clip.load_clip_vision_cached(_folders.resolve("clip_vision", clip_match.file))
         elif spec.kind.uses_clip:
             raise FileNotFoundError(_not_found(f"CLIP vision ({encoder})", preset, family, clip_match, "clip_vision"))
         if spec.kind.uses_clip:
-            _comfy.check_clip(spec, clip_vision, adapter.name)
+            _clip.check_clip(spec, clip_vision, adapter.name)
         insightface = None
         if spec.kind.uses_face:
             insightface = _faceid.load_insightface("buffalo_l", provider)
@@ -106,23 +107,18 @@ class UnifiedLoader:
         return (model, AdapterBundle(adapter, clip_vision=clip_vision, insightface=insightface), clip_vision)
 
 
-def _family(model) -> str:
-    topo = _comfy.topology(model)
-    if len(topo.layers) == 16:
-        return "sd15"
-    if len(topo.layers) == 70:
-        return "sdxl"
-    raise ValueError(f"the Unified Loader knows SD1.5 and SDXL models; this one is {_comfy.model_name(topo)}. Use the Model Loader.")
+def _family(model) -> Family:
+    topo = _unet.topology(model)
+    if topo.family is None:
+        raise ValueError(f"the Unified Loader knows SD1.5 and SDXL models; this one is {topo.describe()}. Use the Model Loader.")
+    return topo.family
 
 
-_FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
-
-
-def _not_found(what: str, preset: str, family: str, match: _presets.Match, kind: str) -> str:
+def _not_found(what: str, preset: str, family: Family, match: presets.Match, kind: str) -> str:
     if not match.accepted:
-        return f"the preset '{preset}' has no {_FAMILY_NAMES[family]} version; pick another preset"
+        return f"the preset '{preset}' has no {family.label} version; pick another preset"
     return (
-        f"no {what} file for the preset '{preset}' ({_FAMILY_NAMES[family]}). Accepted names (any case, '-'/'_'/'.' interchangeable, "
-        f"any subfolder, .safetensors or .bin): {', '.join(match.accepted)}. Searched: {'; '.join(_comfy.folders(kind)) or 'no folders'}. "
-        f"Files there: {', '.join(_comfy.file_list(kind)[:12]) or 'none'}."
+        f"no {what} file for the preset '{preset}' ({family.label}). Accepted names (any case, '-'/'_'/'.' interchangeable, "
+        f"any subfolder, .safetensors or .bin): {', '.join(match.accepted)}. Searched: {'; '.join(_folders.folders(kind)) or 'no folders'}. "
+        f"Files there: {', '.join(_folders.file_list(kind)[:12]) or 'none'}."
     )

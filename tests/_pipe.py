@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from tools.torch_probes import UNetCall
+from dev.authoring.examples import APPLY_DEFAULTS
+from dev.host.torch_probes import UNetCall
 
-APPLY = dict(weight=0.8, weight_type="linear", combine_embeds="concat", start_at=0.0, end_at=1.0, embeds_scaling="V only")
+APPLY = APPLY_DEFAULTS  # the settings the examples apply
 
 
 class Pipe:

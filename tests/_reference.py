@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 import ipadapter_core as core
+from ipadapter_core.attention import attention
 
 # the real UNet configurations (diffusers form)
 REAL_SD15_CONFIG = dict(
@@ -130,7 +131,7 @@ class CoreAttnProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         q = attn.to_q(hidden_states)
-        out = core.attention(q, attn.to_k(context), attn.to_v(context), attn.heads)
+        out = attention(q, attn.to_k(context), attn.to_v(context), attn.heads)
         if self.plan is not None:
             out = out + self.plan(q, rows=self.rows, latent_hw=self.latent_hw)
         return attn.to_out[1](attn.to_out[0](out))

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ipadapter_core import ImageTerm, LayerPlan, attention, decoupled_attention
-from ipadapter_core.attention import sdpa
+from ipadapter_core import ImageTerm, LayerPlan, decoupled_attention
+from ipadapter_core.attention import attention, sdpa
 
 HEADS, D = 2, 8
 C = HEADS * D

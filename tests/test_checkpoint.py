@@ -7,12 +7,13 @@ import pytest
 import torch
 
 import ipadapter_core as core
+from dev.standins import names
+from dev.standins.ipadapter import VARIANTS, ensure_checkpoint, make_state_dict, published_filename, write_checkpoint
 from ipadapter_core import AdapterKind as K
 from ipadapter_core import ClipOutput as O
 from ipadapter_core import Family as F
-from tools.gen_ipadapter import VARIANTS, ensure_checkpoint, make_state_dict, published_filename, write_checkpoint
 
-CACHE = Path(__file__).resolve().parents[1] / ".cache" / "models" / "ipadapter"
+CACHE = names.MODELS_CACHE / "ipadapter"
 
 # variant -> kind, family, tokens per image, token width, CLIP encoder and output, LoRA rank
 EXPECTED = {
@@ -49,6 +50,20 @@ def meta_raw(variant, **kw):
 
 def test_every_variant_is_covered():
     assert set(EXPECTED) == set(VARIANTS)
+
+
+def test_every_layout_row_is_a_published_layout_and_each_file_matches_the_first_row_that_fits():
+    used = {}
+    for variant in EXPECTED:
+        proj = make_state_dict(variant, device="meta")["image_proj"]
+        rows = [row for row in core.LAYOUTS if row.matches(proj)]
+        assert rows, variant
+        used.setdefault(rows[0].name, []).append(variant)
+    assert set(used) == {row.name for row in core.LAYOUTS}  # no row that no published file has
+    assert set(used["Resampler (latents, proj_in, layers.*)"]) == {
+        "plus_sd15", "plus-face_sd15", "composition_sd15", "plus_sdxl_vit-h", "plus-face_sdxl_vit-h", "composition_sdxl",
+        "faceid-portrait_sdxl_unnorm", "kolors_plus"}
+    assert set(used["FaceID Plus (perceiver_resampler.*)"]) == {"faceid-plus_sd15", "faceid-plusv2_sd15", "faceid-plusv2_sdxl", "kolors_faceid_plus"}
 
 
 @pytest.mark.parametrize("variant", sorted(EXPECTED))

@@ -6,14 +6,12 @@ import pytest
 import torch
 
 import _host
-from tools.torch_probes import attn2_patches
+from dev.authoring.examples import APPLY_DEFAULTS
+from dev.host.torch_probes import attn2_patches
 
 pytest.importorskip("insightface")
 
-APPLY = dict(
-    weight=0.8, weight_faceidv2=1.0, weight_type="linear", combine_embeds="concat", start_at=0.0, end_at=1.0,
-    embeds_scaling="V only", face_selection="largest", face_index=0, on_missing_face="error", lora_strength=0.6,
-)
+APPLY = dict(APPLY_DEFAULTS, weight_faceidv2=1.0, face_selection="largest", face_index=0, on_missing_face="error", lora_strength=0.6)
 
 
 def face_image(seed=0, size=320):
@@ -23,7 +21,7 @@ def face_image(seed=0, size=320):
 
 @pytest.fixture(scope="module")
 def face(comfy, models_dir, sd15_checkpoint, vit_h):
-    from tools.gen_insightface_pack import ensure_pack
+    from dev.standins.insightface_pack import ensure_pack
 
     ensure_pack(models_dir / "insightface", "buffalo_l")
 
@@ -82,7 +80,7 @@ def test_embedded_lora_equals_a_separate_lora_file_and_unpatches(comfy, face, mo
 
     pack = comfy.pack
     adapter = face.adapter("faceid_sd15")
-    topo = pack.nodes._comfy.topology(face.model)
+    topo = comfy.observe.topology(face.model)
     separate = pack.ipadapter_core.lora.to_diffusers_lora(adapter.adapter.lora, topo)
     (models_dir / "loras").mkdir(exist_ok=True)
     path = models_dir / "loras" / "ip-adapter-faceid_sd15_lora.safetensors"

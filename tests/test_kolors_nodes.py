@@ -20,7 +20,8 @@ import torch
 
 import _host
 import _pipe
-from tools.torch_probes import UNetCall, attn2_patches
+from dev.host.torch_probes import UNetCall, attn2_patches
+from dev.standins.comfy_models import SDXL_SMALL_WIDTHS
 
 APPLY = dict(_pipe.APPLY, weight=1.0)
 
@@ -47,7 +48,7 @@ def reference_patch(keys, values, heads):
 
 @pytest.fixture(scope="module")
 def kolors(comfy, models_dir, sdxl_small_checkpoint):
-    path = _host.ensure_ipadapter("kolors_faceid_plus", models_dir, subdir="ipakit-kolors-small", widths=_host.SDXL_SMALL_WIDTHS)
+    path = _host.ensure_ipadapter("kolors_faceid_plus", models_dir, subdir="ipakit-kolors-small", widths=SDXL_SMALL_WIDTHS)
     adapter = comfy.outputs("IPAKitModelLoader", ipadapter_file=f"ipakit-kolors-small/{path.name}")[0]
     yield sdxl_small_checkpoint[0], adapter
     del adapter
@@ -81,7 +82,7 @@ def test_kolors_faceid_tokens_go_through_the_unets_encoder_hid_proj(comfy, kolor
         cond, uncond = core.project_embeds(adapter.adapter.model, embeds)
         tokens = torch.cat([cond, uncond]).float()  # [2, 6, 4096]: row 0 positive, row 1 negative
         reference = model.clone()
-        topology = sys.modules[f"{comfy.pack.__name__}.nodes._comfy"].topology(model)
+        topology = comfy.observe.topology(model)
         with torch.inference_mode():
             context = unet.encoder_hid_proj(tokens)
             for layer in topology.layers:

@@ -9,7 +9,9 @@ import torch
 
 import _host
 from _pipe import APPLY
-from tools.torch_probes import attn2_patches
+from dev.host.torch_probes import attn2_patches
+from dev.standins import names
+from dev.standins.comfy_models import SDXL_SMALL_WIDTHS
 
 # registration and documentation
 
@@ -23,7 +25,7 @@ def test_every_node_is_prefixed_and_documented(comfy):
         assert len(cls.DESCRIPTION) > 40, node_id
         assert len(getattr(cls, "OUTPUT_TOOLTIPS", ())) == len(cls.RETURN_TYPES), node_id
         for rtype in cls.RETURN_TYPES:
-            assert rtype in ("MODEL", "IMAGE", "CLIP_VISION", "MASK") or rtype.startswith("IPAKIT_"), (node_id, rtype)
+            assert rtype in ("MODEL", "IMAGE", "CLIP_VISION", "MASK", "FLOAT", "INT", "STRING") or rtype.startswith("IPAKIT_"), (node_id, rtype)
         spec = cls.INPUT_TYPES()
         for group in ("required", "optional"):
             for name, (kind, *opts) in spec.get(group, {}).items():
@@ -188,7 +190,7 @@ def test_img2img_inpainting_and_controlnet(pipe, comfy):
     mask[:, 16:48, 16:48] = 1
     inpaint = comfy.outputs("VAEEncodeForInpaint", pixels=pixels, vae=pipe.vae, mask=mask, grow_mask_by=0)[0]
     assert pipe.sample(patched, latent=inpaint).shape == (1, 4, 8, 8)
-    controlnet = comfy.outputs("ControlNetLoader", control_net_name=_host.CONTROLNET_SD15)[0]
+    controlnet = comfy.outputs("ControlNetLoader", control_net_name=names.CONTROLNET_SD15)[0]
     positive = comfy.outputs("ControlNetApply", conditioning=pipe.pos, control_net=controlnet, image=pixels, strength=0.8)[0]
     with_cn = pipe.sample(patched, positive=positive)
     assert with_cn.shape == (1, 4, 8, 8) and not torch.equal(with_cn, pipe.sample(patched))
@@ -203,8 +205,8 @@ def test_one_resident_copy_per_file(pipe, comfy):
 
 
 def test_wrong_model_family_and_wrong_encoder_errors(pipe, comfy, models_dir):
-    sdxl = _host.ensure_ipadapter("sdxl_vit-h", models_dir, subdir=_host.SDXL_SMALL_SUBDIR, widths=_host.SDXL_SMALL_WIDTHS)
-    adapter = comfy.outputs("IPAKitModelLoader", ipadapter_file=f"{_host.SDXL_SMALL_SUBDIR}/{sdxl.name}")[0]
+    sdxl = _host.ensure_ipadapter("sdxl_vit-h", models_dir, subdir=names.SDXL_SMALL_SUBDIR, widths=SDXL_SMALL_WIDTHS)
+    adapter = comfy.outputs("IPAKitModelLoader", ipadapter_file=f"{names.SDXL_SMALL_SUBDIR}/{sdxl.name}")[0]
     with pytest.raises(ValueError, match=r"adapter for SDXL \(70 cross-attention layers.*but the model is SD1.5"):
         pipe.apply(adapter=adapter)
     vitg = _host.ensure_ipadapter("sd15_vit-G", models_dir)

@@ -14,10 +14,12 @@ import torch
 
 import _host
 from _reference import REAL_SD15_CONFIG, SDXL_SMALL_CONFIG, set_scale
+from dev.authoring.examples import APPLY_DEFAULTS
+from dev.standins import names
+from dev.standins.comfy_models import SDXL_SMALL_WIDTHS
 
 TOL = 1e-4
 
-SDXL_SMALL_WIDTHS = _host.SDXL_SMALL_WIDTHS
 ADAPTERS = {
     "sd15": {
         "base": ("sd15", {}),
@@ -69,7 +71,7 @@ class Family:
 
     def adapter_path(self, kind):
         variant, kw = ADAPTERS[self.name][kind]
-        return _host.ensure_ipadapter(variant, _host.MODELS_DIR, subdir=None if self.name == "sd15" else _host.SDXL_SMALL_SUBDIR, **kw)
+        return _host.ensure_ipadapter(variant, names.MODELS_CACHE, subdir=None if self.name == "sd15" else names.SDXL_SMALL_SUBDIR, **kw)
 
     def comfy_eps(self, patched, rows=(1, 0)):
         options = dict(patched.model_options["transformer_options"])
@@ -116,15 +118,14 @@ def image(seed=0, size=224):
 
 
 def apply_embeds(comfy, model, adapter, embeds, **kw):
-    args = dict(weight=0.8, weight_type="linear", combine_embeds="concat", start_at=0.0, end_at=1.0, embeds_scaling="V only")
-    args.update(kw)
+    args = dict(APPLY_DEFAULTS, **kw)
     return comfy.outputs("IPAKitApplyEmbeds", model=model, ipadapter=adapter, embeds=embeds, **args)[0]
 
 
 @pytest.fixture(scope="module")
 def insightface(comfy, models_dir):
     pytest.importorskip("insightface")
-    from tools.gen_insightface_pack import ensure_pack
+    from dev.standins.insightface_pack import ensure_pack
 
     ensure_pack(models_dir / "insightface", "buffalo_l")
     return comfy.outputs("IPAKitInsightFaceLoader", provider="CPU", model_name="buffalo_l")[0]
@@ -133,7 +134,7 @@ def insightface(comfy, models_dir):
 @pytest.mark.parametrize("kind", ["base", "plus", "full-face", "faceid", "faceid plus v2"])
 def test_noise_prediction_matches_diffusers(comfy, family, vit_h, kind, request):
     path = family.adapter_path(kind)
-    adapter = comfy.outputs("IPAKitModelLoader", ipadapter_file=str(path.relative_to(_host.MODELS_DIR / "ipadapter")))[0]
+    adapter = comfy.outputs("IPAKitModelLoader", ipadapter_file=str(path.relative_to(names.MODELS_CACHE / "ipadapter")))[0]
     faces = {}
     if kind.startswith("faceid"):  # the real insightface on the generated pack; LoRA excluded, as diffusers' UNet path does
         faces = {"insightface": request.getfixturevalue("insightface")}
@@ -151,7 +152,7 @@ def test_noise_prediction_matches_diffusers(comfy, family, vit_h, kind, request)
 
 def test_mask_with_two_images_in_two_regions(comfy, family, vit_h):
     path = family.adapter_path("plus")
-    adapter = comfy.outputs("IPAKitModelLoader", ipadapter_file=str(path.relative_to(_host.MODELS_DIR / "ipadapter")))[0]
+    adapter = comfy.outputs("IPAKitModelLoader", ipadapter_file=str(path.relative_to(names.MODELS_CACHE / "ipadapter")))[0]
     embeds = comfy.outputs("IPAKitEncode", ipadapter=adapter, image=torch.cat([image(2), image(3)]), clip_vision=vit_h)[0]
     masks = torch.zeros(2, 64, 64)
     masks[0, :, :32] = 1
@@ -167,7 +168,7 @@ BLOCKS = {"sd15": {"down": {"block_2": [0.0, 1.0]}, "up": {"block_1": [0.0, 1.0,
 
 def test_instantstyle_block_weights(comfy, family, vit_h):
     path = family.adapter_path("plus")
-    adapter = comfy.outputs("IPAKitModelLoader", ipadapter_file=str(path.relative_to(_host.MODELS_DIR / "ipadapter")))[0]
+    adapter = comfy.outputs("IPAKitModelLoader", ipadapter_file=str(path.relative_to(names.MODELS_CACHE / "ipadapter")))[0]
     embeds = comfy.outputs("IPAKitEncode", ipadapter=adapter, image=image(4), clip_vision=vit_h)[0]
     blocks = BLOCKS[family.name]
     patched = apply_embeds(comfy, family.model, adapter, embeds, weight=1.0, block_weights=json.dumps(blocks))

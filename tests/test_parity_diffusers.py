@@ -12,7 +12,7 @@ import torch
 
 import ipadapter_core as core
 from _reference import diffusers_with_adapter, drive_with_core, set_scale, tiny_unet, topology_of, unet_inputs
-from tools.gen_ipadapter import make_state_dict, write_checkpoint
+from dev.standins.ipadapter import make_state_dict, write_checkpoint
 
 TOL = 1e-4
 ROWS = (1, 0)  # batch element 0 is the negative (CFG uncond), element 1 the positive, as diffusers orders them
@@ -83,6 +83,19 @@ def core_tokens(adapter, feats, shortcut_scale=1.0):
     return run(pos), run(neg)
 
 
+def core_terms(adapter, topo, feats, **settings):
+    """The engine's entry point on these features (positive, negative) with `ApplySettings(**settings)`."""
+    spec = adapter.spec
+    embeds = core.ImageEmbeds(
+        cond={k: v[0] for k, v in feats.items()},
+        uncond={k: v[1] for k, v in feats.items()},
+        clip_encoder=spec.clip_encoder,
+        clip_output=spec.clip_output,
+        face_normed=spec.face_normed if spec.kind.uses_face else None,
+    )
+    return core.image_terms(adapter, topo, embeds, core.ApplySettings(**settings))
+
+
 def latent_hw(inputs):
     return tuple(inputs["sample"].shape[-2:])
 
@@ -108,8 +121,7 @@ def test_tokens_and_unet_output_match_diffusers(unet, index, tmp_path):
         else:
             ref_tokens = layer(torch.stack([feats["clip"][1], feats["clip"][0]]).flatten(0, 1))
         assert (torch.cat([uncond, cond]) - ref_tokens).abs().max() <= TOL
-        weights = core.layer_weights(topo, "linear", 0.8)
-        terms = core.adapter_terms(adapter.model, topo, cond, uncond, weights)
+        terms = core_terms(adapter, topo, feats, weight=0.8, weight_faceidv2=shortcut)
         assert len(terms) == len(topo.layers)  # every layer patched, the middle block included
         got = drive_with_core(unet, topo, terms, ROWS, latent_hw(inputs))(**inputs).sample
         plain = unet(**inputs).sample
@@ -123,8 +135,7 @@ def test_weight_zero_reproduces_the_unpatched_unet_exactly(unet, tmp_path):
     feats = features(adapter.spec)
     inputs = unet_inputs(unet)
     with torch.no_grad():
-        cond, uncond = core_tokens(adapter, feats)
-        terms = core.adapter_terms(adapter.model, topo, cond, uncond, core.layer_weights(topo, "linear", 0.0))
+        terms = core_terms(adapter, topo, feats, weight=0.0)
         assert terms == {}
         plain = unet(**inputs).sample
         driven = drive_with_core(unet, topo, terms, ROWS, latent_hw(inputs))(**inputs).sample
@@ -144,10 +155,9 @@ def test_masks_with_two_images_match_diffusers(unet, tmp_path):
     with torch.no_grad():
         ref = diffusers_with_adapter(unet, nested, scale=0.9)
         expected = diffusers_call(ref, adapter.spec, feats, inputs, masks=masks)
-        cond, uncond = core_tokens(adapter, feats)
-        terms = core.adapter_terms(adapter.model, topo, cond, uncond, core.layer_weights(topo, "linear", 0.9), masks=masks)
+        terms = core_terms(adapter, topo, feats, weight=0.9, attn_mask=masks)
         got = drive_with_core(unet, topo, terms, ROWS, latent_hw(inputs))(**inputs).sample
-        unmasked = core.adapter_terms(adapter.model, topo, cond, uncond, core.layer_weights(topo, "linear", 0.9))
+        unmasked = core_terms(adapter, topo, feats, weight=0.9)
         concat = drive_with_core(unet, topo, unmasked, ROWS, latent_hw(inputs))(**inputs).sample
     assert (got - expected).abs().max() <= TOL
     assert (got - concat).abs().max() > 1e-3
@@ -169,9 +179,7 @@ def test_per_block_scale_matches_set_ip_adapter_scale(unet, tmp_path):
         ref = diffusers_with_adapter(unet, nested)
         set_scale(ref, scale)
         expected = diffusers_call(ref, adapter.spec, feats, inputs)
-        cond, uncond = core_tokens(adapter, feats)
-        weights = core.layer_weights(topo, "linear", 1.0, block_weights=json.dumps(scale))
-        terms = core.adapter_terms(adapter.model, topo, cond, uncond, weights)
+        terms = core_terms(adapter, topo, feats, weight=1.0, block_weights=json.dumps(scale))
         got = drive_with_core(unet, topo, terms, ROWS, latent_hw(inputs))(**inputs).sample
     assert 0 < len(terms) < len(topo.layers)
     assert (got - expected).abs().max() <= TOL
