@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..ipadapter_core import CROP_POSITIONS, INTERPOLATIONS, prep_image
+from ..ipadapter_core.noise import GAUSSIAN_STD, MAX_BLUR, MAX_SEED, NOISE_TYPES, noise_image
 from . import _docs
 
 
@@ -35,3 +36,75 @@ class PrepImage:
 
     def prep(self, image, interpolation, crop_position, sharpening, size):
         return (prep_image(image, int(size), crop_position=crop_position, interpolation=interpolation, sharpening=sharpening),)
+
+
+class Noise:
+    DESCRIPTION = (
+        "Makes a noisy 224-px image to connect to Apply IPAdapter's image_negative: the negative (CFG) pass then "
+        "steers away from noise or from a scrambled copy of the reference instead of from an empty image, which can "
+        "sharpen the image prompt. Without an image it starts from mid grey. The same inputs always give the same "
+        "image."
+    )
+    CATEGORY = f"{_docs.CATEGORY}/utils"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("224x224 negative images (one per input image, or one without an image) for image_negative.",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "type": (
+                    list(NOISE_TYPES),
+                    {
+                        "default": "fade",
+                        "tooltip": "fade: blend toward random noise (at strength 1 only noise is left). dissolve: "
+                        "replace that fraction of the pixels with noise. gaussian: add gaussian noise (standard "
+                        f"deviation {GAUSSIAN_STD} x strength). shuffle: distort the image elastically, maybe flip it, "
+                        "and add a little noise.",
+                    },
+                ),
+                "strength": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.05,
+                        "tooltip": "How much noise: 0 returns the (resized) image or plain grey unchanged, 1 is the "
+                        "most.",
+                    },
+                ),
+                "blur": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": MAX_BLUR,
+                        "step": 1,
+                        "tooltip": "Gaussian blur radius in pixels of the 224-px result, applied last; 0 is off.",
+                    },
+                ),
+            },
+            "optional": {
+                "image": (
+                    "IMAGE",
+                    {"tooltip": "Optional image to start from (usually the reference); its centre square is used. "
+                     "Unconnected: mid grey."},
+                ),
+                "pattern_seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": MAX_SEED,
+                        "tooltip": "Which random pattern to use. Deliberately not called seed, so ComfyUI does not "
+                        "randomise it after each run: the negative stays the same until you change it.",
+                    },
+                ),
+            },
+        }
+
+    def make(self, type, strength, blur, image=None, pattern_seed=0):
+        return (noise_image(image, type, strength, blur, seed=pattern_seed),)
