@@ -3,8 +3,8 @@
 One registration table; importing the pack registers the `ipadapter` model folder and nothing else.
 """
 
-from .nodes import apply, embeds, faceid, image, loaders
-from .nodes._comfy import register_folders
+from .nodes import apply, embeds, faceid, image, loaders, weights
+from .nodes._folders import register_folders
 
 # (permanent node id, class, display name)
 NODES = (
@@ -17,9 +17,15 @@ NODES = (
     ("IPAKitSaveEmbeds", embeds.SaveEmbeds, "IPAdapter Save Embeds (IPAKit)"),
     ("IPAKitLoadEmbeds", embeds.LoadEmbeds, "IPAdapter Load Embeds (IPAKit)"),
     ("IPAKitPrepImage", image.PrepImage, "Prep Image For CLIP Vision (IPAKit)"),
+    ("IPAKitNoise", image.Noise, "IPAdapter Noise (IPAKit)"),
     ("IPAKitInsightFaceLoader", faceid.InsightFaceLoader, "InsightFace Loader (IPAKit)"),
     ("IPAKitApplyFaceID", faceid.ApplyFaceID, "Apply IPAdapter FaceID (IPAKit)"),
     ("IPAKitFaceIDLoRA", faceid.FaceIDLoRA, "IPAdapter FaceID LoRA (IPAKit)"),
+    ("IPAKitWeights", weights.Weights, "IPAdapter Weights (IPAKit)"),
+    ("IPAKitWeightsFromStrategy", weights.WeightsFromStrategy, "IPAdapter Weights From Strategy (IPAKit)"),
+    ("IPAKitPromptScheduleFromWeightsStrategy", weights.PromptScheduleFromWeightsStrategy,
+     "Prompt Schedule From Weights Strategy (IPAKit)"),
+    ("IPAKitCombineWeights", weights.CombineWeights, "IPAdapter Combine Weights (IPAKit)"),
 )
 
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, cls, _ in NODES}
