@@ -67,3 +67,10 @@ def free_memory() -> None:
         mm.unload_all_models()
         mm.soft_empty_cache()
     trim_heap()  # hand the freed heap back, or RSS keeps every model ever loaded
+
+
+def face_image(seed: int = 0, size: int = 320):
+    """A bright image: the generated InsightFace detector finds one face at the centre of a non-dark canvas."""
+    import torch
+
+    return 0.3 + 0.6 * torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(seed))

@@ -6,17 +6,13 @@ import pytest
 import torch
 
 import _host
+from _host import face_image
 from dev.authoring.examples import APPLY_DEFAULTS
 from dev.host.torch_probes import attn2_patches
 
 pytest.importorskip("insightface")
 
 APPLY = dict(APPLY_DEFAULTS, weight_faceidv2=1.0, face_selection="largest", face_index=0, on_missing_face="error", lora_strength=0.6)
-
-
-def face_image(seed=0, size=320):
-    """Any bright image: the generated detector finds one face at the centre of a non-dark canvas."""
-    return 0.3 + 0.6 * torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,13 @@ import torch
 from test_frames_apply import TOL, Frames, max_delta
 
 import _host
+from _host import face_image
 from _pipe import APPLY
 from dev.host.torch_probes import attn2_patches
 
 pytest.importorskip("insightface")
 
 FACEID = dict(APPLY, weight_faceidv2=1.0, face_selection="largest", face_index=0, on_missing_face="skip image", lora_strength=0.0)
-
-
-def face_image(seed=0, size=320):
-    """A bright image: the generated detector finds one face at the centre of a non-dark canvas."""
-    return 0.3 + 0.6 * torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="module")
