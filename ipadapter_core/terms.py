@@ -37,10 +37,7 @@ def adapter_terms(
             reference: each then gets its own softmax, as diffusers does for masked images).
         pre: optional map applied to tokens before to_k_ip / to_v_ip (Kolors FaceID's encoder_hid_proj).
     """
-    if embeds_scaling not in EMBEDS_SCALING:
-        raise ValueError(f"unknown embeds_scaling '{embeds_scaling}'; choose one of: {', '.join(EMBEDS_SCALING)}")
-    if cond.shape != uncond.shape:
-        raise ValueError(f"positive and negative tokens differ in shape: {tuple(cond.shape)} vs {tuple(uncond.shape)}")
+    _check(embeds_scaling, cond, uncond)
     if len(weights) != len(topology.layers):
         raise ValueError(f"{len(weights)} layer weights for {len(topology.layers)} layers")
     g, s, _ = cond.shape
@@ -55,10 +52,7 @@ def adapter_terms(
             continue
         k, v = layer_kv(model, layer.checkpoint_index, tokens, pre=pre)
         k, v = (rearrange(t.float(), "(r m) c -> r m c", r=2) for t in (k, v))
-        k, v = _scale(k, v, tw.weight, embeds_scaling, layer.width, segments)
-        if tw.swap:  # negative guidance: the positive pass sees nothing, the negative pass sees the image
-            k = torch.stack([k[0], k[0]])
-            v = torch.stack([torch.zeros_like(v[0]), v[0]])
+        k, v = _weighted(k, v, tw, embeds_scaling, layer.width, segments)
         terms[layer.key] = ImageTerm(k=k, v=v, segments=segments, masks=masks, sigma_range=sigma_range)
     return terms
 
@@ -91,10 +85,7 @@ def frame_adapter_terms(
         masks, frame_masks: see `FrameTerm`.
     Layers where every slot's weight is 0 get no term; a frame whose weight is 0 on a layer is skipped there.
     """
-    if embeds_scaling not in EMBEDS_SCALING:
-        raise ValueError(f"unknown embeds_scaling '{embeds_scaling}'; choose one of: {', '.join(EMBEDS_SCALING)}")
-    if cond.shape != uncond.shape:
-        raise ValueError(f"positive and negative tokens differ in shape: {tuple(cond.shape)} vs {tuple(uncond.shape)}")
+    _check(embeds_scaling, cond, uncond)
     if any(len(w) != len(topology.layers) for w in slot_weights):
         raise ValueError(f"layer weights for {len(topology.layers)} layers expected per frame weight")
     sets = cond.shape[0]
@@ -110,10 +101,7 @@ def frame_adapter_terms(
         for n in active:
             token_set, w = slots[n]
             tw = slot_weights[w][i]
-            sk, sv = _scale(k[token_set], v[token_set], tw.weight, embeds_scaling, layer.width, segments)
-            if tw.swap:  # negative guidance, as in adapter_terms
-                sk = torch.stack([sk[0], sk[0]])
-                sv = torch.stack([torch.zeros_like(sv[0]), sv[0]])
+            sk, sv = _weighted(k[token_set], v[token_set], tw, embeds_scaling, layer.width, segments)
             ks.append(sk)
             vs.append(sv)
         position = {n: j for j, n in enumerate(active)}
@@ -122,6 +110,23 @@ def frame_adapter_terms(
             segments=segments, masks=masks, frame_masks=frame_masks, sigma_range=sigma_range,
         )
     return terms
+
+
+def _check(embeds_scaling: str, cond: torch.Tensor, uncond: torch.Tensor) -> None:
+    if embeds_scaling not in EMBEDS_SCALING:
+        raise ValueError(f"unknown embeds_scaling '{embeds_scaling}'; choose one of: {', '.join(EMBEDS_SCALING)}")
+    if cond.shape != uncond.shape:
+        raise ValueError(f"positive and negative tokens differ in shape: {tuple(cond.shape)} vs {tuple(uncond.shape)}")
+
+
+def _weighted(k, v, tw: TransformerWeight, mode: str, width: int, segments: tuple[int, ...]):
+    """Keys and values `[2, m, c]` with a layer's weight folded in as `mode` says; a swapped weight is negative
+    guidance: the positive pass sees nothing, the negative pass sees the image."""
+    k, v = _scale(k, v, tw.weight, mode, width, segments)
+    if tw.swap:
+        k = torch.stack([k[0], k[0]])
+        v = torch.stack([torch.zeros_like(v[0]), v[0]])
+    return k, v
 
 
 def _scale(k, v, w: float, mode: str, width: int, segments: tuple[int, ...]):
