@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 
+from ..ipadapter_core.faces import PACK_FILES
 from . import _docs, _faceid, _folders, _pipeline
 from ._base import ApplyNode
 
 log = logging.getLogger(__name__)
 
-PACKS = ["buffalo_l", "antelopev2"]
+PACKS = list(PACK_FILES)
 EMBEDDED = "embedded (inside the adapter file)"
 
 FACE_SELECTION = (["largest", "by index"], {"default": "largest", "tooltip": "Which face of each image to use: the largest one, or the one at face_index."})

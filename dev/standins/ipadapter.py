@@ -47,11 +47,12 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from ipadapter_core.spec import FACE_DIM  # insightface embedding width
+
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1  # bump when the bytes for the same arguments change (invalidates caches)
 HEAD_DIM = 64  # hard-coded dim_head of every perceiver in the reference code
-FACE_DIM = 512  # insightface embedding width
 FACE_HIDDEN = 1024  # FaceID MLP hidden width (2 x FACE_DIM)
 DEPTH = 4  # perceiver layers
 FF_MULT = 4
