@@ -230,7 +230,7 @@ from . import functional
 __all__ = ["functional"]
 ''',
     "torchvision/transforms/functional.py": '''\
-"""Stand-in: `InterpolationMode` as in torchvision; `rotate` raises."""
+"""Stand-in: `InterpolationMode` and `normalize` as in torchvision; `rotate` raises."""
 
 from enum import Enum
 
@@ -247,6 +247,15 @@ class InterpolationMode(Enum):
 
 def rotate(*args, **kwargs):
     raise NotImplementedError("torchvision stand-in: transforms.functional.rotate (LaMa) is not available")
+
+
+def normalize(tensor, mean, std, inplace=False):
+    """(tensor - mean) / std per channel of a [..., C, H, W] tensor (spandrel imports this name)."""
+    import torch
+
+    mean = torch.as_tensor(mean, dtype=tensor.dtype, device=tensor.device).view(-1, 1, 1)
+    std = torch.as_tensor(std, dtype=tensor.dtype, device=tensor.device).view(-1, 1, 1)
+    return tensor.sub_(mean).div_(std) if inplace else (tensor - mean) / std
 ''',
 }
 
