@@ -3,7 +3,7 @@
 One registration table; importing the pack registers the `ipadapter` model folder and nothing else.
 """
 
-from .nodes import apply, embeds, faceid, image, loaders, weights
+from .nodes import apply, embeds, enhancer, faceid, image, loaders, regional, style, tiled, weights
 from .nodes._folders import register_folders
 
 # (permanent node id, class, display name)
@@ -12,6 +12,11 @@ NODES = (
     ("IPAKitUnifiedLoader", loaders.UnifiedLoader, "IPAdapter Unified Loader (IPAKit)"),
     ("IPAKitApply", apply.Apply, "Apply IPAdapter (IPAKit)"),
     ("IPAKitApplyEmbeds", apply.ApplyEmbeds, "Apply IPAdapter Embeds (IPAKit)"),
+    ("IPAKitApplyClipVisionEnhancer", enhancer.ApplyEnhancer, "Apply IPAdapter ClipVision Enhancer (IPAKit)"),
+    ("IPAKitApplyTiled", tiled.ApplyTiled, "Apply IPAdapter Tiled (IPAKit)"),
+    ("IPAKitApplyStyleComposition", style.StyleComposition, "Apply IPAdapter Style & Composition (IPAKit)"),
+    ("IPAKitApplyPreciseStyle", style.PreciseStyle, "Apply IPAdapter Precise Style Transfer (IPAKit)"),
+    ("IPAKitApplyPreciseComposition", style.PreciseComposition, "Apply IPAdapter Precise Composition (IPAKit)"),
     ("IPAKitEncode", embeds.Encode, "IPAdapter Encode (IPAKit)"),
     ("IPAKitCombineEmbeds", embeds.CombineEmbeds, "IPAdapter Combine Embeds (IPAKit)"),
     ("IPAKitSaveEmbeds", embeds.SaveEmbeds, "IPAdapter Save Embeds (IPAKit)"),
@@ -26,6 +31,9 @@ NODES = (
     ("IPAKitPromptScheduleFromWeightsStrategy", weights.PromptScheduleFromWeightsStrategy,
      "Prompt Schedule From Weights Strategy (IPAKit)"),
     ("IPAKitCombineWeights", weights.CombineWeights, "IPAdapter Combine Weights (IPAKit)"),
+    ("IPAKitRegionalConditioning", regional.RegionalConditioning, "IPAdapter Regional Conditioning (IPAKit)"),
+    ("IPAKitCombineParams", regional.CombineParams, "IPAdapter Combine Params (IPAKit)"),
+    ("IPAKitApplyFromParams", regional.ApplyFromParams, "Apply IPAdapter from Params (IPAKit)"),
 )
 
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, cls, _ in NODES}

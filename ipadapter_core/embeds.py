@@ -133,6 +133,29 @@ def concat(items: list[ImageEmbeds]) -> ImageEmbeds:
     return replace(first, cond=cond, uncond=uncond)
 
 
+def scaled(embeds: ImageEmbeds, weight: float) -> ImageEmbeds:
+    """The embeds with every positive feature times `weight` (the negatives unchanged): a stronger or weaker
+    reference before projection, as the Encode node's weight."""
+    if weight == 1.0:
+        return embeds
+    return replace(embeds, cond={k: v * weight for k, v in embeds.cond.items()})
+
+
+def with_negative(embeds: ImageEmbeds, negative: ImageEmbeds) -> ImageEmbeds:
+    """`embeds` whose negatives are the positive features of `negative` (one reference for all, or one per reference),
+    replacing the negatives `embeds` carry."""
+    if set(negative.cond) != set(embeds.cond) or negative.clip_output is not embeds.clip_output or any(
+        negative.cond[k].shape[1:] != v.shape[1:] for k, v in embeds.cond.items()
+    ):
+        raise ValueError(f"the negative embeds do not match the embeds: {negative.describe()} vs {embeds.describe()}; "
+                         "encode both with the same adapter")
+    n, m = embeds.count, negative.count
+    if m not in (1, n):
+        raise ValueError(f"the negative embeds hold {m} references for {n}; give 1, or one per reference")
+    uncond = {k: v.to(embeds.cond[k]).expand_as(embeds.cond[k]).contiguous() for k, v in negative.cond.items()}
+    return replace(embeds, uncond=uncond)
+
+
 # encoding
 
 

@@ -49,8 +49,8 @@ class ApplySettings:
         embeds_scaling: where the weight acts inside attention (`schedules.EMBEDS_SCALING`).
         block_weights: per-block scales (`schedules.parse_block_weights`); "" for none.
         weight_faceidv2: FaceID Plus v2's shortcut scale.
-        weight_composition: the composition weight of "style and composition" (None: `weight`).
-        style_boost, composition_boost: the opposite feature's weight of the precise types (None: their defaults).
+        weight_composition: the composition weight of "style and composition" (None: 1.0, as in the older pack).
+        style_boost, composition_boost: the opposite feature's weight of the precise types (None: `weight`).
         attn_mask: `[H, W]` or `[n, H, W]` masks (one for all references, or one per reference; with
             unfold_batch one per latent frame, the last repeated), or None.
         unfold_batch: latent frame i gets the i-th reference (the last one past the end; extra references are

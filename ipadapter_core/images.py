@@ -30,7 +30,7 @@ def rgb(images: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"expected 1, 3 or 4 colour channels; got {c}")
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int], interpolation: str = "BICUBIC") -> torch.Tensor:
+def resize(x: torch.Tensor, size: tuple[int, int], interpolation: str = "BICUBIC") -> torch.Tensor:
     """Resize NCHW float images; PIL for the filters torch lacks."""
     if tuple(x.shape[-2:]) == size:
         return x
@@ -64,12 +64,12 @@ def square(x: torch.Tensor, size: int, crop_position: str = "center", interpolat
     if crop_position == "pad":
         scale = size / max(h, w)
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        x = _resize(x, (nh, nw), interpolation)
+        x = resize(x, (nh, nw), interpolation)
         top, left = (size - nh) // 2, (size - nw) // 2
         return F.pad(x, (left, size - nw - left, top, size - nh - top))
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    x = _resize(x, (nh, nw), interpolation)
+    x = resize(x, (nh, nw), interpolation)
     top = {"top": 0, "bottom": nh - size}.get(crop_position, (nh - size) // 2)
     left = {"left": 0, "right": nw - size}.get(crop_position, (nw - size) // 2)
     return x[..., top : top + size, left : left + size]

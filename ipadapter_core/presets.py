@@ -25,6 +25,7 @@ PRESETS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     "faceid plus v2": (("ip-adapter-faceid-plusv2_sd15",), ("ip-adapter-faceid-plusv2_sdxl",), "ViT-H-14"),
     "faceid portrait": (("ip-adapter-faceid-portrait-v11_sd15", "ip-adapter-faceid-portrait_sd15"), ("ip-adapter-faceid-portrait_sdxl",), "ViT-H-14"),
     "faceid portrait unnorm - SDXL only": ((), ("ip-adapter-faceid-portrait_sdxl_unnorm",), "ViT-H-14"),
+    "kolors plus - Kolors only": ((), ("ip_adapter_plus_general", "kolors-ip-adapter-plus"), "ViT-L-14-336"),
 }
 
 # names of the CLIP vision files per encoder (published names and common renames)

@@ -33,7 +33,12 @@ WEIGHT_TYPES = (
     "style transfer precise",
     "composition precise",
 )
+EXPANDED_STYLE = "strong style and composition"
+"""Style on every layer but the composition ones, composition there: what Style & Composition's expand_style
+selects. Not a widget value (the older pack hides it the same way), but accepted wherever a weight type is."""
 EMBEDS_SCALING = ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")
+DEFAULT_WEIGHT_COMPOSITION = 1.0
+"""The composition weight of the style-and-composition types when none is given."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ def transformer_weights(
     n = topology.num_transformers
     blocks = _blocks_by_transformer(topology)
     w = weight
-    wc = w if weight_composition is None else weight_composition
+    wc = DEFAULT_WEIGHT_COMPOSITION if weight_composition is None else weight_composition
     if weight_type == "linear":
         return tuple(TransformerWeight(w) for _ in range(n))
     if weight_type in ("ease in", "ease out", "ease in-out", "reverse in-out"):
@@ -71,7 +76,7 @@ def transformer_weights(
             weight_type, ("input", "output")
         )
         return tuple(TransformerWeight(w * (0.2 if blocks[t] in weak else 1.0)) for t in range(n))
-    if weight_type not in WEIGHT_TYPES:
+    if weight_type not in WEIGHT_TYPES and weight_type != EXPANDED_STYLE:
         raise ValueError(f"unknown weight_type '{weight_type}'; choose one of: {', '.join(WEIGHT_TYPES)}")
     table = _style_table(topology)
     comp, style = table["composition"], table["style"]
@@ -85,12 +90,14 @@ def transformer_weights(
         weights = {t: w for t in range(n) if t not in comp}
     elif weight_type == "style and composition":
         weights = {t: w for t in style} | {t: wc * f for t, f in comp.items()}
+    elif weight_type == EXPANDED_STYLE:
+        weights = {t: w for t in range(n) if t not in comp} | {t: wc for t in comp}
     elif weight_type == "style transfer precise":
         b = w if style_boost is None else style_boost
         weights = {t: w for t in style} | {t: b * f for t, f in comp.items()}
         swapped = set(comp)
     elif weight_type == "composition precise":
-        b = 0.0 if composition_boost is None else composition_boost
+        b = w if composition_boost is None else composition_boost
         weights = {t: 0.1 * b for t in range(n)} | {t: b for t in style} | {t: w * f for t, f in comp.items()}
         swapped = set(range(n)) - set(comp)
     return tuple(TransformerWeight(weights.get(t, 0.0), t in swapped) for t in range(n))

@@ -129,6 +129,35 @@ LORA_STRENGTH = (
     },
 )
 
+STYLE_BOOST = (
+    "FLOAT",
+    {"default": 1.0, "min": -5.0, "max": 5.0, "step": 0.05,
+     "tooltip": "Style transfer precise: the weight of the reference on the composition layers, given to the negative "
+     "prompt so the reference's layout is pushed away while its style is kept. Higher: less of the reference's layout."},
+)
+COMPOSITION_BOOST = (
+    "FLOAT",
+    {"default": 0.0, "min": -5.0, "max": 5.0, "step": 0.05,
+     "tooltip": "Composition precise: the weight of the reference on the style layers (a tenth of it on the others), "
+     "given to the negative prompt so the reference's style is pushed away while its layout is kept. 0: plain composition."},
+)
+WEIGHT_COMPOSITION = (
+    "FLOAT",
+    {"default": 1.0, "min": -1.0, "max": 5.0, "step": 0.05,
+     "tooltip": "The weight of the composition (layout) layers; the style layers use weight."},
+)
+WEIGHT_KOLORS = (
+    "FLOAT",
+    {"default": 1.0, "min": -1.0, "max": 5.0, "step": 0.05,
+     "tooltip": "Kolors FaceID only: scales the Kolors UNet's encoder_hid_proj output that carries the face tokens into "
+     "every layer (1: as trained). Other adapters ignore it."},
+)
+
+
+def optional_number(widget: tuple, tooltip_suffix: str) -> tuple:
+    """An optional number as an input socket only (no widget), so "not connected" stays distinguishable from a value."""
+    kind, options = widget
+    return (kind, {**options, "forceInput": True, "tooltip": f"{options['tooltip']} {tooltip_suffix}"})
 
 PROVIDER = (
     list(FACE_PROVIDERS),
@@ -146,7 +175,16 @@ def schedule_inputs() -> dict:
 
 def apply_optional() -> dict:
     return {"clip_vision": CLIP_VISION, "image_negative": IMAGE_NEGATIVE, "attn_mask": ATTN_MASK, "block_weights": BLOCK_WEIGHTS,
-            "unfold_batch": UNFOLD_BATCH, "encode_batch_size": ENCODE_BATCH_SIZE}
+            "unfold_batch": UNFOLD_BATCH, "encode_batch_size": ENCODE_BATCH_SIZE, **boost_inputs()}
+
+
+def boost_inputs() -> dict:
+    """The precise and style-and-composition weight types' extra numbers, as optional input sockets."""
+    return {
+        "style_boost": optional_number(STYLE_BOOST, "Not connected: the weight."),
+        "composition_boost": optional_number(COMPOSITION_BOOST, "Not connected: the weight."),
+        "weight_composition": optional_number(WEIGHT_COMPOSITION, "For 'style and composition'. Not connected: 1.0."),
+    }
 
 
 def validate_block_weights(block_weights) -> bool | str:

@@ -7,6 +7,8 @@ import threading
 import weakref
 from pathlib import Path
 
+import torch
+
 from ..ipadapter_core.lora import to_diffusers_lora
 from . import _folders, _progress, _unet
 
@@ -67,7 +69,26 @@ def analyze(analyzer, images, *, crop_size: int, choice, on_missing: str):
 
 
 def has_lora(model, adapter) -> bool:
-    return str(adapter.path) in model.model_options.get(LORA_MARK, ())
+    """Whether `model` already carries the adapter's FaceID LoRA: applied by this pack, or by any LoRA loader (ComfyUI's
+    core LoRA loaders on the separate `*_lora.safetensors` file) as weight patches holding the same tensors."""
+    if str(adapter.path) in model.model_options.get(LORA_MARK, ()):
+        return True
+    if not adapter.lora:
+        return False
+    probe = adapter.lora[min(adapter.lora)]  # one tensor of the LoRA identifies it
+    return any(_holds(patch, probe) for patches in getattr(model, "patches", {}).values() for patch in patches)
+
+
+def _holds(value, probe, depth: int = 0) -> bool:
+    """Whether a weight patch entry (tuples and, on current ComfyUI, adapter objects with `.weights`) contains `probe`."""
+    if isinstance(value, torch.Tensor):
+        return value.shape == probe.shape and torch.equal(value.to(probe), probe)
+    if depth > 4:
+        return False
+    if isinstance(value, (tuple, list)):
+        return any(_holds(v, probe, depth + 1) for v in value)
+    weights = getattr(value, "weights", None)
+    return weights is not None and _holds(weights, probe, depth + 1)
 
 
 def apply_lora(model, adapter, strength: float, lora_file: Path | None = None):

@@ -13,6 +13,7 @@ import dataclasses
 import torch
 
 from ..ipadapter_core import ApplySettings, ImageEmbeds, changes_nothing, check_topology, encode_clip, image_terms
+from ..ipadapter_core.enhance import Enhance, check_enhanceable, encode_enhanced, encoder_calls
 from . import _adapters, _clip, _faceid, _patch, _progress, _unet
 from ._adapters import AdapterBundle
 
@@ -31,21 +32,26 @@ def encode(
     mask: torch.Tensor | None = None,
     faces=None,
     batch_size: int = 0,
+    enhance: Enhance | None = None,
 ) -> ImageEmbeds:
     """Encoder features of the references (and their negatives) for this adapter.
 
     `faces` is a FaceBatch from the InsightFace stage (FaceID adapters); images whose face was not
     found are dropped there, so every row here is a real reference. `batch_size` > 0 runs CLIP vision on
-    that many images at a time, with a progress bar over the chunks.
+    that many images (or tiles) at a time; the progress bar counts the encoder calls. `enhance` asks for the
+    ClipVision Enhancer's tiled CLIP features (`ipadapter_core.enhance`); a FaceID identity is then repeated
+    to match their references.
     """
     spec = bundle.spec
+    if enhance is not None:
+        check_enhanceable(spec, source=bundle.name)
     cond: dict[str, torch.Tensor] = {}
     uncond: dict[str, torch.Tensor] = {}
     if spec.kind.uses_face:
         if faces is None:
             raise ValueError(f"{bundle.name} is a FaceID adapter: use Apply FaceID (or Encode with an InsightFace model)")
         face = faces.normed if spec.face_normed else faces.raw
-        cond["face"] = face.float()
+        cond["face"] = face.float() if enhance is None else enhance.repeat(face.float())
         uncond["face"] = torch.zeros_like(cond["face"])
         images = faces.crops
     if spec.kind.uses_clip:
@@ -56,23 +62,19 @@ def encode(
                 "the adapter with the Unified Loader, which brings it along"
             )
         _clip.check_clip(spec, clip_vision, bundle.name)
-        clip_encoder = _clip.encoder(clip_vision)
-        chunks = 1
-        if batch_size and batch_size > 0:  # encode_clip splits references and negatives into chunks of batch_size
-            negatives = image_negative.shape[0] if image_negative is not None else (0 if spec.zero_clip_negative else 1)
-            total = images.shape[0] + negatives
-            chunks = -(-total // batch_size) if total > batch_size else 1
-        bar = _progress.progress(chunks)
-        if chunks > 1:
-            def clip_encoder(pixels, _encode=clip_encoder):  # noqa: E306 - one bar step per chunk
-                out = _encode(pixels)
-                bar.update(1)
-                return out
-        cond["clip"], uncond["clip"] = encode_clip(
-            spec, clip_encoder, images, negative_images=image_negative, mask=mask, batch_size=batch_size if chunks > 1 else 0
-        )
-        if chunks == 1:
+        negatives = None if image_negative is None else image_negative.shape[0]
+        bar = _progress.progress(encoder_calls(spec, images.shape[0], negatives, enhance, batch_size))
+
+        def clip_encoder(pixels, _encode=_clip.encoder(clip_vision)):  # one bar step per encoder call
+            out = _encode(pixels)
             bar.update(1)
+            return out
+
+        options = dict(negative_images=image_negative, mask=mask, batch_size=batch_size)
+        if enhance is None:
+            cond["clip"], uncond["clip"] = encode_clip(spec, clip_encoder, images, **options)
+        else:
+            cond["clip"], uncond["clip"] = encode_enhanced(spec, clip_encoder, images, enhance, source=bundle.name, **options)
     return ImageEmbeds(
         cond=cond,
         uncond=uncond,
@@ -126,32 +128,57 @@ def face_frame_weights(weight, found: list[bool]) -> list[float]:
 
 
 def apply(model, bundle: AdapterBundle, embeds: ImageEmbeds, settings: ApplySettings, *, clip_vision=None,
-          lora_strength: float = 0.0):
+          lora_strength: float = 0.0, kolors_scale: float = 1.0):
     """A clone of `model` with the adapter's image prompt installed; `model` itself when nothing would change.
 
     FaceID adapters that ship a LoRA get it at `lora_strength` unless the model already carries it.
+    `kolors_scale` scales Kolors' `encoder_hid_proj` output for this adapter's tokens (Kolors FaceID's weight_kolors).
     """
-    spec = bundle.spec
+    return apply_all(model, [Prompt(bundle, embeds, settings, clip_vision=clip_vision, kolors_scale=kolors_scale)],
+                     lora_strength=lora_strength)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    """One image prompt to install: an adapter, its embeds and settings (and the CLIP vision model for legacy embeds)."""
+
+    bundle: AdapterBundle
+    embeds: ImageEmbeds
+    settings: ApplySettings
+    clip_vision: object = None
+    kolors_scale: float = 1.0
+
+
+def apply_all(model, prompts: list[Prompt], *, lora_strength: float = 0.0):
+    """A clone of `model` with every prompt installed (one clone, one patch per layer holding all their terms);
+    `model` itself when none changes anything. The FaceID LoRA of the prompts' adapters is applied once each."""
     topo = _unet.topology(model)
-    check_topology(bundle.adapter, topo)
-    if changes_nothing(topo, settings):
+    for prompt in prompts:
+        check_topology(prompt.bundle.adapter, topo)
+    prompts = [p for p in prompts if not changes_nothing(topo, p.settings)]
+    if not prompts:
         return model
     device, dtype = _unet.compute_device_dtype(model)
-    _adapters.ready_adapter(bundle.adapter, device, dtype)
-    encoder = None
-    if spec.kind.uses_clip and not embeds.uncond:
-        cv = clip_vision if clip_vision is not None else bundle.clip_vision
-        encoder = _clip.encoder(cv) if cv is not None else None
-    terms = image_terms(
-        bundle.adapter, topo, embeds, settings, percent_to_sigma=_unet.percent_to_sigma(model), encode=encoder,
-        pre=_kolors_pre(model, spec),
-    )
-    if lora_strength and bundle.adapter.lora and not _faceid.has_lora(model, bundle.adapter):
-        model = _faceid.apply_lora(model, bundle.adapter, lora_strength)
-    return _patch.install(model, topo, terms)
+    percent_to_sigma = _unet.percent_to_sigma(model)
+    term_sets = []
+    for prompt in prompts:
+        spec = prompt.bundle.spec
+        _adapters.ready_adapter(prompt.bundle.adapter, device, dtype)
+        encoder = None
+        if spec.kind.uses_clip and not prompt.embeds.uncond:
+            cv = prompt.clip_vision if prompt.clip_vision is not None else prompt.bundle.clip_vision
+            encoder = _clip.encoder(cv) if cv is not None else None
+        term_sets.append(image_terms(
+            prompt.bundle.adapter, topo, prompt.embeds, prompt.settings, percent_to_sigma=percent_to_sigma, encode=encoder,
+            pre=_kolors_pre(model, spec, prompt.kolors_scale),
+        ))
+    for adapter in dict.fromkeys(p.bundle.adapter for p in prompts):
+        if lora_strength and adapter.lora and not _faceid.has_lora(model, adapter):
+            model = _faceid.apply_lora(model, adapter, lora_strength)
+    return _patch.install(model, topo, *term_sets)
 
 
-def _kolors_pre(model, spec):
+def _kolors_pre(model, spec, scale: float = 1.0):
     if spec.token_dim == spec.cross_attention_dim:
         return None
     proj = getattr(model.model.diffusion_model, "encoder_hid_proj", None)
@@ -160,4 +187,6 @@ def _kolors_pre(model, spec):
             f"{spec.variant} makes {spec.token_dim}-wide tokens that only a Kolors UNet can read (through its encoder_hid_proj); "
             "load a Kolors checkpoint"
         )
-    return proj
+    if scale == 1.0:
+        return proj
+    return lambda tokens: proj(tokens) * scale

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..ipadapter_core import with_negative
 from . import _docs, _pipeline
 from ._base import ApplyNode
 
@@ -35,7 +36,8 @@ class ApplyEmbeds(ApplyNode):
     DESCRIPTION = (
         "Adds an image prompt from embeds (made by Encode, Combine Embeds or Load Embeds) instead of images. The embeds "
         "are checked against the adapter first, so features from another encoder give a clear error. weight may be one "
-        "value per latent frame; unfold_batch gives latent frame i the embeds' i-th reference."
+        "value per latent frame; unfold_batch gives latent frame i the embeds' i-th reference. neg_embeds replaces the "
+        "negative the embeds carry."
     )
 
     @classmethod
@@ -57,8 +59,18 @@ class ApplyEmbeds(ApplyNode):
                 "weight_faceidv2": _docs.WEIGHT_FACEIDV2,
                 "lora_strength": _docs.LORA_STRENGTH,
                 "unfold_batch": _docs.UNFOLD_BATCH,
+                "neg_embeds": (
+                    _docs.EMBEDS,
+                    {"tooltip": "Optional embeds whose features replace the negative that embeds carry (one reference for all, "
+                     "or one per reference), e.g. Encode of an IPAdapter Noise image: the image prompt then steers away from it."},
+                ),
+                "weight_kolors": _docs.WEIGHT_KOLORS,
+                **_docs.boost_inputs(),
             },
         }
 
-    def apply(self, model, ipadapter, embeds, clip_vision=None, lora_strength=0.6, **options):
-        return (_pipeline.apply(model, ipadapter, embeds, self.settings(options), clip_vision=clip_vision, lora_strength=lora_strength),)
+    def apply(self, model, ipadapter, embeds, clip_vision=None, lora_strength=0.6, neg_embeds=None, weight_kolors=1.0, **options):
+        if neg_embeds is not None:
+            embeds = with_negative(embeds, neg_embeds)
+        return (_pipeline.apply(model, ipadapter, embeds, self.settings(options), clip_vision=clip_vision, lora_strength=lora_strength,
+                                kolors_scale=weight_kolors),)

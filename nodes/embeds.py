@@ -7,7 +7,7 @@ import os
 import struct
 from pathlib import Path
 
-from ..ipadapter_core import COMBINE_METHODS, combine, concat, embeds_io
+from ..ipadapter_core import COMBINE_METHODS, combine, concat, embeds_io, scaled
 from ..ipadapter_core.embeds_io import FORMAT
 from . import _docs, _pipeline
 
@@ -41,13 +41,22 @@ class Encode:
                     _docs.INSIGHTFACE,
                     {"tooltip": "FaceID adapters only: the face analyzer (the largest face of each image is used; images without a face are an error)."},
                 ),
+                "weight": (
+                    "FLOAT",
+                    {"default": 1.0, "min": -1.0, "max": 3.0, "step": 0.01,
+                     "tooltip": "Scales the positive features before they are saved or applied (the negative is kept): above 1 a "
+                     "stronger reference, below 1 a weaker one, negative an opposite one. Useful to balance references "
+                     "merged with Combine Embeds."},
+                ),
             },
         }
 
-    def encode(self, ipadapter, image, clip_vision=None, mask=None, image_negative=None, insightface=None):
+    def encode(self, ipadapter, image, clip_vision=None, mask=None, image_negative=None, insightface=None, weight=1.0):
         if ipadapter.spec.kind.uses_face:
-            return (_pipeline.encode_faces(ipadapter, image, insightface, clip_vision=clip_vision, image_negative=image_negative)[0],)
-        return (_pipeline.encode(ipadapter, image, clip_vision=clip_vision, image_negative=image_negative, mask=mask),)
+            embeds = _pipeline.encode_faces(ipadapter, image, insightface, clip_vision=clip_vision, image_negative=image_negative)[0]
+        else:
+            embeds = _pipeline.encode(ipadapter, image, clip_vision=clip_vision, image_negative=image_negative, mask=mask)
+        return (scaled(embeds, weight),)
 
 
 class CombineEmbeds:

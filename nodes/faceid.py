@@ -86,11 +86,13 @@ class ApplyFaceID(ApplyNode):
                 "block_weights": _docs.BLOCK_WEIGHTS,
                 "unfold_batch": _docs.UNFOLD_BATCH,
                 "encode_batch_size": _docs.ENCODE_BATCH_SIZE,
+                "weight_kolors": _docs.WEIGHT_KOLORS,
+                **_docs.boost_inputs(),
             },
         }
 
     def apply(self, model, ipadapter, image, face_selection, face_index, on_missing_face, insightface=None,
-              clip_vision=None, image_negative=None, encode_batch_size=0, **options):
+              clip_vision=None, image_negative=None, encode_batch_size=0, weight_kolors=1.0, **options):
         unfold = bool(options.get("unfold_batch"))
         embeds, crops, found = _pipeline.encode_face_frames(
             ipadapter, image, insightface, clip_vision=clip_vision, image_negative=image_negative,
@@ -104,7 +106,8 @@ class ApplyFaceID(ApplyNode):
             options["weight"] = _pipeline.face_frame_weights(options["weight"], found)
         lora_strength = options.pop("lora_strength")
         settings = self.settings(options)
-        return (_pipeline.apply(model, ipadapter, embeds, settings, clip_vision=clip_vision, lora_strength=lora_strength), crops)
+        return (_pipeline.apply(model, ipadapter, embeds, settings, clip_vision=clip_vision, lora_strength=lora_strength,
+                                kolors_scale=weight_kolors), crops)
 
 
 class FaceIDLoRA:

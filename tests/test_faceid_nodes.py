@@ -100,9 +100,15 @@ def test_embedded_lora_equals_a_separate_lora_file_and_unpatches(comfy, face, mo
     delta = 0.6 * (lora["31.to_k_lora.up.weight"].float() @ lora["31.to_k_lora.down.weight"].float())
     assert torch.allclose(patched_embedded - before, delta.to(before.dtype), atol=1e-3)
     assert torch.equal(unet.state_dict()[key], before)
-    # a model that has the LoRA is not patched twice by Apply FaceID
-    applied, _ = face.apply(adapter, model=embedded)
-    assert len(applied.patches) == 128 and all(len(v) == 1 for v in applied.patches.values())
+    # a model that has the LoRA is not patched twice by Apply FaceID: from this pack, or from a core LoRA loader
+    for carrying in (embedded, from_file):
+        applied, _ = face.apply(adapter, model=carrying)
+        assert len(applied.patches) == 128 and all(len(v) == 1 for v in applied.patches.values())
+    applied, _ = face.apply(adapter, model=comfy.outputs("LoraLoaderModelOnly", model=face.model, lora_name=path.name, strength_model=0.3)[0])
+    assert all(len(v) == 1 for v in applied.patches.values())  # whatever strength the user chose there
+    other = face.adapter("faceid-plusv2_sd15")
+    both = face.apply(other, model=from_file)[0]  # another adapter's LoRA is still added
+    assert len(both.patches) == 128 and all(len(v) == 2 for v in both.patches.values())
 
 
 def test_no_face_error_and_skip(face):

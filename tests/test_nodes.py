@@ -16,6 +16,9 @@ from dev.standins.comfy_models import SDXL_SMALL_WIDTHS
 # registration and documentation
 
 
+CORE_TYPES = ("MODEL", "IMAGE", "MASK", "CLIP_VISION", "CONDITIONING", "FLOAT", "INT", "STRING", "BOOLEAN")  # ComfyUI's own sockets
+
+
 def test_every_node_is_prefixed_and_documented(comfy):
     pack = comfy.pack
     assert pack.NODE_CLASS_MAPPINGS and set(pack.NODE_CLASS_MAPPINGS) == set(pack.NODE_DISPLAY_NAME_MAPPINGS)
@@ -25,12 +28,12 @@ def test_every_node_is_prefixed_and_documented(comfy):
         assert len(cls.DESCRIPTION) > 40, node_id
         assert len(getattr(cls, "OUTPUT_TOOLTIPS", ())) == len(cls.RETURN_TYPES), node_id
         for rtype in cls.RETURN_TYPES:
-            assert rtype in ("MODEL", "IMAGE", "CLIP_VISION", "MASK", "FLOAT", "INT", "STRING") or rtype.startswith("IPAKIT_"), (node_id, rtype)
+            assert rtype in CORE_TYPES or rtype.startswith("IPAKIT_"), (node_id, rtype)
         spec = cls.INPUT_TYPES()
         for group in ("required", "optional"):
             for name, (kind, *opts) in spec.get(group, {}).items():
                 assert opts and opts[0].get("tooltip"), f"{node_id}.{name} has no tooltip"
-                if isinstance(kind, str) and kind not in ("MODEL", "IMAGE", "MASK", "CLIP_VISION", "FLOAT", "INT", "STRING", "BOOLEAN"):
+                if isinstance(kind, str) and kind not in CORE_TYPES:
                     assert kind.startswith("IPAKIT_"), (node_id, name, kind)
 
 
@@ -90,7 +93,7 @@ def test_clone_shares_patches_and_to_returns_patch_objects(pipe):
     patched = pipe.apply()
     clone = patched.clone()
     a, b = attn2_patches(patched), attn2_patches(clone)
-    assert all(a[k] is b[k] for k in a)  # deepcopy of model_options copies no adapter data
+    assert all(a[k] is not b[k] and a[k].plan is b[k].plan and a[k].base is b[k].base for k in a)  # no adapter data copied
     patch = a[("input", 1, 0)]
     assert patch.to(torch.device("cpu")) is patch
     half = patch.to(torch.float16)

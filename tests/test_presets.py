@@ -22,3 +22,14 @@ def test_the_longest_known_name_owns_a_file():
     assert presets.pick_adapter(files, "standard (medium strength)", "sd15").file == "ip-adapter_sd15.safetensors"
     assert presets.pick_adapter(files, "light - SD1.5 only (low strength)", "sd15").file == "ip-adapter_sd15_light_v11.bin"
     assert presets.pick_adapter(["ip-adapter-faceid_sd15_lora.safetensors"], "faceid", "sd15").file is None  # a LoRA
+
+
+def test_kolors_plus_preset_finds_the_kolors_files_and_their_vit_l_336():
+    preset = "kolors plus - Kolors only"
+    files = ["Kolors-IP-Adapter-Plus/ip_adapter_plus_general.bin", "ip-adapter-plus_sdxl_vit-h.safetensors"]
+    assert presets.pick_adapter(files, preset, "sdxl").file == files[0]  # Kolors' UNet has SDXL's layout
+    assert presets.pick_adapter(["kolors_ip_adapter_plus.safetensors"], preset, "sdxl").file == "kolors_ip_adapter_plus.safetensors"
+    assert not presets.pick_adapter(files, preset, "sd15").accepted  # no SD1.5 version: the loader says so
+    assert presets.PRESETS[preset][2] == "ViT-L-14-336"
+    clips = ["CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "clip-vit-large-patch14-336/model.safetensors"]
+    assert presets.pick_clip(clips, "ViT-L-14-336").file == clips[1]

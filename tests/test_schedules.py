@@ -3,7 +3,7 @@
 import pytest
 
 from ipadapter_core import WEIGHT_TYPES, Topology, layer_weights, parse_block_weights
-from ipadapter_core.schedules import transformer_weights
+from ipadapter_core.schedules import EXPANDED_STYLE, transformer_weights
 
 SD15, SDXL = Topology.sd15(), Topology.sdxl()
 
@@ -51,6 +51,15 @@ def test_instantstyle_tables():
     assert values("style and composition", SDXL, 1.0, weight_composition=0.5) == [0, 0, 0, 0.5, 0, 0, 1.0, 0, 0, 0, 0]
     sd15_sc = values("style and composition", SD15, 1.0, weight_composition=2.0)
     assert sd15_sc == [1.0] * 4 + [0.5, 2.0] + [0.0] * 3 + [1.0] * 7
+    # no composition weight given: 1.0 (the older pack's default), whatever the main weight
+    assert values("style and composition", SDXL, 0.4) == [0, 0, 0, 1.0, 0, 0, 0.4, 0, 0, 0, 0]
+
+
+def test_expanded_style_keeps_style_everywhere_but_the_composition_layers():
+    assert EXPANDED_STYLE not in WEIGHT_TYPES  # not a widget value: Style & Composition's expand_style selects it
+    assert values(EXPANDED_STYLE, SDXL, 0.8, weight_composition=0.3) == [0.8] * 3 + [0.3] + [0.8] * 7
+    assert values(EXPANDED_STYLE, SD15, 0.8, weight_composition=0.3) == [0.8] * 4 + [0.3, 0.3] + [0.8] * 10
+    assert values(EXPANDED_STYLE, SD15, 0.8) == [0.8] * 4 + [1.0, 1.0] + [0.8] * 10
 
 
 def test_precise_types_swap_into_negative_guidance():
@@ -60,6 +69,11 @@ def test_precise_types_swap_into_negative_guidance():
     comp = transformer_weights("composition precise", 1.0, SDXL, composition_boost=0.5)
     assert [round(t.weight, 6) for t in comp] == [0.05, 0.05, 0.05, 1.0, 0.05, 0.05, 0.5, 0.05, 0.05, 0.05, 0.05]
     assert [t.swap for t in comp] == [True] * 3 + [False] + [True] * 7
+    # no boost given: the boost is the weight (composition precise would otherwise turn into plain composition)
+    comp_default = transformer_weights("composition precise", 0.8, SDXL)
+    assert [round(t.weight, 6) for t in comp_default] == [0.08] * 3 + [0.8, 0.08, 0.08, 0.8] + [0.08] * 4
+    style_default = transformer_weights("style transfer precise", 0.8, SDXL)
+    assert [round(t.weight, 6) for t in style_default] == [0, 0, 0, 0.8, 0, 0, 0.8, 0, 0, 0, 0]
     sd15 = transformer_weights("style transfer precise", 1.0, SD15)
     assert [t.swap for t in sd15].count(True) == 2 and sd15[5].weight == 1.0 and sd15[4].weight == 0.25
 

@@ -51,8 +51,10 @@ def _is_cpu(x) -> bool:
 
 
 def attn2_patches(model) -> dict:
-    """`{layer key: patch}` of the attn2 replace patches on a ComfyUI ModelPatcher."""
-    return model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    """`{(block, id, depth): patch}` of the attn2 replace patches on a ComfyUI ModelPatcher; a patch at a 2-tuple key
+    (a block with one transformer layer) is listed at depth 0."""
+    found = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    return {(*key, 0) if len(key) == 2 else key: patch for key, patch in found.items()}
 
 
 def held_tensors(patches) -> dict[int, int]:
