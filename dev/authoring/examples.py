@@ -244,6 +244,84 @@ def composition(g: Graph) -> None:
     _sample(g, apply[0], ckpt, "a cosy wooden cabin by a lake, autumn", prefix="composition", col=3)
 
 
+def style_and_composition(g: Graph) -> None:
+    g.note(0, """
+        Style & Composition: the style of one reference and the layout of another, in one node (SD1.5 and
+        SDXL).
+
+        - image_style goes to the style layers, image_composition to the composition layers (InstantStyle's
+          choice); each has its own weight.
+        - expand_style: the style also on every other layer but the composition ones (stronger style).
+        - The same as two chained Apply nodes with the 'style transfer' and 'composition' weight types,
+          one clone and one encode per image.
+        """, title="How this works")
+    ckpt = _checkpoint(g)
+    style = g.add("LoadImage", 1, title="Style reference", image=REF_STYLE)
+    layout = g.add("LoadImage", 1, title="Composition reference", image=REF_LAYOUT)
+    loader = g.add("IPAKitUnifiedLoader", 2, model=ckpt[0], preset=PLUS)
+    apply = g.add("IPAKitApplyStyleComposition", 2, model=loader[0], ipadapter=loader[1], image_style=style[0],
+                  image_composition=layout[0], weight_style=1.0, weight_composition=0.8, expand_style=False,
+                  combine_embeds="average", start_at=0.0, end_at=1.0, embeds_scaling="V only")
+    _sample(g, apply[0], ckpt, "a castle on a hill", prefix="style_and_composition", col=3)
+
+
+def clip_vision_enhancer(g: Graph) -> None:
+    g.note(0, """
+        ClipVision Enhancer: the reference is also encoded as enhance_tiles x enhance_tiles tiles, whose tokens
+        are pooled back to one image's worth, so small details reach the adapter.
+
+        - Without unfold_batch: the whole image (times enhance_ratio) and the tiled view are two references,
+          merged by combine_embeds (concat keeps both).
+        - With unfold_batch: each frame gets whole x ratio + tiles x (1 - ratio).
+        - For adapters that read CLIP's token features: plus, plus face, full face, composition, FaceID Plus.
+        """, title="How this works")
+    ckpt = _checkpoint(g)
+    ref = g.add("LoadImage", 1, title="Reference image", image=REF_SUBJECT)
+    loader = g.add("IPAKitUnifiedLoader", 1, model=ckpt[0], preset=PLUS)
+    apply = g.add("IPAKitApplyClipVisionEnhancer", 2, model=loader[0], ipadapter=loader[1], image=ref[0], **APPLY_DEFAULTS,
+                  enhance_tiles=2, enhance_ratio=0.6)
+    _sample(g, apply[0], ckpt, "best quality, high quality", prefix="clip_vision_enhancer", col=3)
+
+
+def precise_composition(g: Graph) -> None:
+    g.note(0, """
+        Precise composition: the reference's layout, with its style pushed away.
+
+        - The composition layers get the reference at weight; the other layers give it to the negative
+          (CFG) pass at composition_boost (a tenth of it outside the style layers), so the sampler steers
+          away from the reference's colours and textures.
+        - composition_boost 0 is plain composition; 0.3-1.0 keeps the text's style; too much overcooks.
+        - On Apply the same is weight_type 'composition precise' (not connecting composition_boost uses
+          the weight as the boost).
+        """, title="How this works")
+    ckpt = _checkpoint(g)
+    ref = g.add("LoadImage", 1, title="Layout reference", image=REF_LAYOUT)
+    loader = g.add("IPAKitUnifiedLoader", 1, model=ckpt[0], preset=PLUS)
+    apply = g.add("IPAKitApplyPreciseComposition", 2, model=loader[0], ipadapter=loader[1], image=ref[0], weight=1.0,
+                  composition_boost=0.5, combine_embeds="concat", start_at=0.0, end_at=1.0, embeds_scaling="V only")
+    _sample(g, apply[0], ckpt, "a watercolour painting of a harbour", prefix="precise_composition", col=3)
+
+
+def tiled_reference(g: Graph) -> None:
+    g.note(0, """
+        Tiled reference: the reference is cut into 256 px tiles instead of being squeezed into one 224 px
+        encode, so details and wide or tall references survive.
+
+        - Near-square references: the centre square at 512 px in 2x2 tiles. Wider or taller ones: short
+          side 256 px and 2-4 evenly overlapping tiles along the long side.
+        - Each tile is its own image prompt, acting where the tile lies in the reference (stretched over
+          the picture); attn_mask restricts all of them.
+        - sharpening: contrast-adaptive sharpening before cutting, 0 = off.
+        - The preview shows the tiles CLIP vision sees.
+        """, title="How this works")
+    ckpt = _checkpoint(g)
+    ref = g.add("LoadImage", 1, title="Reference image", image=REF_STYLE)
+    loader = g.add("IPAKitUnifiedLoader", 1, model=ckpt[0], preset=PLUS)
+    apply = g.add("IPAKitApplyTiled", 2, model=loader[0], ipadapter=loader[1], image=ref[0], **APPLY_DEFAULTS, sharpening=0.2)
+    g.add("PreviewImage", 2, title="Tiles", images=apply[1])
+    _sample(g, apply[0], ckpt, "a mountain landscape", prefix="tiled_reference", col=3)
+
+
 def masked_two_references(g: Graph) -> None:
     g.note(0, """
         Two references in two regions: each Apply gets an attn_mask, white where its image acts.
@@ -264,6 +342,41 @@ def masked_two_references(g: Graph) -> None:
     first = _apply(g, 3, loader[0], loader[1], left_ref[0], title="Apply IPAdapter (left)", attn_mask=left[0])
     second = _apply(g, 3, first[0], loader[1], right_ref[0], title="Apply IPAdapter (right)", attn_mask=right[0])
     _sample(g, second[0], ckpt, "two paintings hanging side by side on a white wall", prefix="masked", col=4)
+
+
+def regional_prompts(g: Graph) -> None:
+    g.note(0, """
+        Regional prompts: each region gets its own reference image and its own text, in one Apply.
+
+        - IPAdapter Regional Conditioning bundles one region: its image, mask, image_weight, weight_type
+          and start/end, and masks that region's text prompt with prompt_weight (as Conditioning Set Mask).
+        - Combine Params joins the regions; Apply IPAdapter from Params installs all of them on one model.
+        - Conditioning (Combine) joins the regional text prompts with a prompt for the whole picture.
+        - The same as chained Apply nodes with attn_mask, in one node and one clone.
+        """, title="How this works")
+    ckpt = _checkpoint(g)
+    left_ref = g.add("LoadImage", 1, title="Left reference", image=REF_SUBJECT)
+    right_ref = g.add("LoadImage", 1, title="Right reference", image=REF_STYLE)
+    canvas = g.add("SolidMask", 0, title="Canvas (black)", value=0.0, width=512, height=512)
+    half = g.add("SolidMask", 0, title="Left half (white)", value=1.0, width=256, height=512)
+    left = g.add("MaskComposite", 1, title="Left mask", destination=canvas[0], source=half[0], x=0, y=0, operation="add")
+    right = g.add("InvertMask", 1, title="Right mask", mask=left[0])
+    whole = g.add("CLIPTextEncode", 2, title="Whole picture", text="two still lifes side by side, best quality", clip=ckpt[1])
+    negative = g.add("CLIPTextEncode", 2, title="Negative prompt", text=NEGATIVE, clip=ckpt[1])
+    left_text = g.add("CLIPTextEncode", 2, title="Left text", text="a red apple on a table", clip=ckpt[1])
+    right_text = g.add("CLIPTextEncode", 2, title="Right text", text="swirling blue paint", clip=ckpt[1])
+    region = dict(image_weight=0.8, prompt_weight=1.0, weight_type="linear", start_at=0.0, end_at=1.0)
+    first = g.add("IPAKitRegionalConditioning", 3, title="Left region", image=left_ref[0], mask=left[0], positive=left_text[0],
+                  **region)
+    second = g.add("IPAKitRegionalConditioning", 3, title="Right region", image=right_ref[0], mask=right[0],
+                   positive=right_text[0], **region)
+    params = g.add("IPAKitCombineParams", 4, params_1=first[0], params_2=second[0])
+    loader = g.add("IPAKitUnifiedLoader", 4, model=ckpt[0], preset=PLUS)
+    apply = g.add("IPAKitApplyFromParams", 4, model=loader[0], ipadapter=loader[1], ipadapter_params=params[0],
+                  combine_embeds="concat", embeds_scaling="V only")
+    positives = g.add("ConditioningCombine", 4, conditioning_1=first[1], conditioning_2=second[1])
+    positive = g.add("ConditioningCombine", 4, conditioning_1=whole[0], conditioning_2=positives[0])
+    _sample(g, apply[0], ckpt, "", prefix="regional", col=5, conditioning=(positive[0], negative[0]))
 
 
 def chained_style_and_face(g: Graph) -> None:
@@ -442,7 +555,13 @@ WORKFLOWS: tuple[Workflow, ...] = (
     Workflow("image_and_text", "Image + text (multimodal)", "sd15", image_and_text, ("plus_sd15",)),
     Workflow("style_transfer", "Style transfer (InstantStyle, SD1.5)", "sd15", style_transfer, ("plus_sd15",)),
     Workflow("composition", "Composition adapter", "sd15", composition, ("composition_sd15",)),
+    Workflow("style_and_composition", "Style & Composition: two references, one node", "sd15", style_and_composition,
+             ("plus_sd15",)),
+    Workflow("clip_vision_enhancer", "ClipVision Enhancer (tiled encoding)", "sd15", clip_vision_enhancer, ("plus_sd15",)),
+    Workflow("tiled_reference", "Tiled reference", "sd15", tiled_reference, ("plus_sd15",)),
+    Workflow("precise_composition", "Precise composition with a boost", "sd15", precise_composition, ("plus_sd15",)),
     Workflow("masked_two_references", "Two references in two mask regions", "sd15", masked_two_references, ("plus_sd15",)),
+    Workflow("regional_prompts", "Regional image and text prompts", "sd15", regional_prompts, ("plus_sd15",)),
     Workflow("chained_style_and_face", "Chained adapters: style + face", "sd15", chained_style_and_face,
              ("plus_sd15", "plus-face_sd15")),
     Workflow("image_to_image", "Image to image", "sd15", image_to_image, ("plus_sd15",)),
