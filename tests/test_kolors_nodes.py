@@ -81,18 +81,26 @@ def test_kolors_faceid_tokens_go_through_the_unets_encoder_hid_proj(comfy, kolor
 
         cond, uncond = core.project_embeds(adapter.adapter.model, embeds)
         tokens = torch.cat([cond, uncond]).float()  # [2, 6, 4096]: row 0 positive, row 1 negative
-        reference = model.clone()
         topology = comfy.observe.topology(model)
-        with torch.inference_mode():
-            context = unet.encoder_hid_proj(tokens)
-            for layer in topology.layers:
-                kv = adapter.adapter.model.layer(layer.checkpoint_index)
-                keys, values = kv.to_k_ip(context.to(kv.to_k_ip.weight)).float(), kv.to_v_ip(context.to(kv.to_v_ip.weight)).float()
-                reference.set_model_attn2_replace(reference_patch(keys, values, layer.heads), layer.block, layer.block_id, layer.depth)
+
+        def reference(weight_kolors: float):
+            """The model with every layer's image attention over to_k_ip / to_v_ip of weight_kolors * encoder_hid_proj(tokens)."""
+            out = model.clone()
+            with torch.inference_mode():
+                context = unet.encoder_hid_proj(tokens) * weight_kolors
+                for layer in topology.layers:
+                    kv = adapter.adapter.model.layer(layer.checkpoint_index)
+                    keys, values = kv.to_k_ip(context.to(kv.to_k_ip.weight)).float(), kv.to_v_ip(context.to(kv.to_v_ip.weight)).float()
+                    out.set_model_attn2_replace(reference_patch(keys, values, layer.heads), layer.block, layer.block_id, layer.depth)
+            return out
 
         call = UNetCall(model, hw=(8, 8), rows=(1, 0), seed=3)
-        plain, ours, expected = call(model), call(patched), call(reference)
+        plain, ours, expected = call(model), call(patched), call(reference(1.0))
         assert (expected - plain).abs().max() > 1e-2  # the image prompt changes the output
         torch.testing.assert_close(ours, expected, atol=2e-4, rtol=1e-4)
+        # weight_kolors scales encoder_hid_proj's output for the image tokens
+        scaled = call(comfy.outputs("IPAKitApplyEmbeds", model=model, ipadapter=adapter, embeds=embeds, weight_kolors=0.4, **APPLY)[0])
+        torch.testing.assert_close(scaled, call(reference(0.4)), atol=2e-4, rtol=1e-4)
+        assert (scaled - ours).abs().max() > 1e-3
     finally:
         del unet.encoder_hid_proj
