@@ -1,10 +1,13 @@
 """IPAdapter Kit: IP-Adapter image prompts for ComfyUI (Ye et al. 2023).
 
-One registration table; importing the pack registers the `ipadapter` model folder and nothing else.
+One registration table; importing the pack registers the `ipadapter` model folder and, inside a running server,
+the workflow-conversion route (README "Coming from IPAdapter Plus"), and nothing else.
 """
 
 from .nodes import apply, embeds, enhancer, faceid, image, loaders, regional, style, tiled, weights
 from .nodes._folders import register_folders
+from .nodes._migration_routes import register as register_migration_route
+from .nodes.compat import legacy_nodes, older_pack
 
 # (permanent node id, class, display name)
 NODES = (
@@ -39,4 +42,12 @@ NODES = (
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, cls, _ in NODES}
 NODE_DISPLAY_NAME_MAPPINGS = {node_id: name for node_id, _, name in NODES}
 
+# The older IPAdapter Plus pack's ids, answered by thin translating nodes only where that pack is absent (it keeps
+# them otherwise); the frontend extension in WEB_DIRECTORY converts workflows that use them through the route.
+LEGACY_NODES = legacy_nodes(NODE_CLASS_MAPPINGS)
+NODE_CLASS_MAPPINGS.update({old_id: cls for old_id, (cls, _) in LEGACY_NODES.items()})
+NODE_DISPLAY_NAME_MAPPINGS.update({old_id: name for old_id, (_, name) in LEGACY_NODES.items()})
+WEB_DIRECTORY = "./web"
+
 register_folders()
+register_migration_route(older_pack(), list(LEGACY_NODES))

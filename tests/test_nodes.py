@@ -23,7 +23,8 @@ def test_every_node_is_prefixed_and_documented(comfy):
     pack = comfy.pack
     assert pack.NODE_CLASS_MAPPINGS and set(pack.NODE_CLASS_MAPPINGS) == set(pack.NODE_DISPLAY_NAME_MAPPINGS)
     for node_id, cls in pack.NODE_CLASS_MAPPINGS.items():
-        assert node_id.startswith("IPAKit") and comfy.NODE_CLASS_MAPPINGS[node_id] is cls
+        assert node_id.startswith("IPAKit") or node_id in pack.LEGACY_NODES, node_id  # the older pack's ids: compat only
+        assert comfy.NODE_CLASS_MAPPINGS[node_id] is cls
         assert cls.CATEGORY.startswith("ipadapter_kit"), node_id
         assert len(cls.DESCRIPTION) > 40, node_id
         assert len(getattr(cls, "OUTPUT_TOOLTIPS", ())) == len(cls.RETURN_TYPES), node_id

