@@ -49,6 +49,7 @@ def _problems(api: dict, info: dict) -> list[str]:
 def test_the_static_table_is_the_live_input_types(comfy):
     live = ours_table.table({node_id: cls for node_id, cls, _ in comfy.pack.NODES})
     assert live == ours.NODES, "run: .venv/bin/python -m dev.migration.ours_table write"
+    assert ours_table.display_names(comfy.pack.NODES) == ours.DISPLAY
 
 
 def test_the_older_pack_has_37_ids_and_every_plan_fits_both_tables():

@@ -56,30 +56,37 @@ def table(mappings: dict) -> dict:
     return {node_id: describe(cls) for node_id, cls in mappings.items()}
 
 
-def render(nodes: dict) -> str:
+def display_names(registrations) -> dict[str, str]:
+    """Node id -> display name, from the pack's registration table (`NODES`: id, class, display name)."""
+    return {node_id: name for node_id, _, name in registrations}
+
+
+def render(nodes: dict, display: dict[str, str]) -> str:
     lines = [HEADER]
     for node_id, (inputs, outputs) in nodes.items():
         lines.append(f"    {node_id!r}: (\n        (\n")
         lines.extend(f"            {item!r},\n" for item in inputs)
         lines.append(f"        ),\n        {outputs!r},\n    ),\n")
+    lines.append("}\n\n# node id -> display name\nDISPLAY: dict[str, str] = {\n")
+    lines.extend(f"    {node_id!r}: {name!r},\n" for node_id, name in display.items())
     lines.append("}\n# fmt: on\n")
     return "".join(lines)
 
 
-def live_table() -> dict:
-    """The table of the pack's own nodes (not the compatibility ids), from an in-process host."""
+def live_table() -> tuple[dict, dict[str, str]]:
+    """The table of the pack's own nodes (not the compatibility ids) and their display names, from an in-process host."""
     from dev.host import comfy_host
     from dev.standins import names
 
     host = comfy_host.boot(names.MODELS_CACHE)
-    return table({node_id: cls for node_id, cls, _ in host.pack.NODES})
+    return table({node_id: cls for node_id, cls, _ in host.pack.NODES}), display_names(host.pack.NODES)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("write", "check"))
     args = parser.parse_args(argv)
-    text = render(live_table())
+    text = render(*live_table())
     if args.action == "write":
         TABLE.write_text(text)
         print(f"wrote {TABLE}")

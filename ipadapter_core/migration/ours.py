@@ -359,4 +359,33 @@ NODES: dict[str, tuple[tuple[tuple, ...], tuple[tuple[str, str], ...]]] = {
         (('MODEL', 'model'),),
     ),
 }
+
+# node id -> display name
+DISPLAY: dict[str, str] = {
+    'IPAKitModelLoader': 'IPAdapter Model Loader (IPAKit)',
+    'IPAKitUnifiedLoader': 'IPAdapter Unified Loader (IPAKit)',
+    'IPAKitApply': 'Apply IPAdapter (IPAKit)',
+    'IPAKitApplyEmbeds': 'Apply IPAdapter Embeds (IPAKit)',
+    'IPAKitApplyClipVisionEnhancer': 'Apply IPAdapter ClipVision Enhancer (IPAKit)',
+    'IPAKitApplyTiled': 'Apply IPAdapter Tiled (IPAKit)',
+    'IPAKitApplyStyleComposition': 'Apply IPAdapter Style & Composition (IPAKit)',
+    'IPAKitApplyPreciseStyle': 'Apply IPAdapter Precise Style Transfer (IPAKit)',
+    'IPAKitApplyPreciseComposition': 'Apply IPAdapter Precise Composition (IPAKit)',
+    'IPAKitEncode': 'IPAdapter Encode (IPAKit)',
+    'IPAKitCombineEmbeds': 'IPAdapter Combine Embeds (IPAKit)',
+    'IPAKitSaveEmbeds': 'IPAdapter Save Embeds (IPAKit)',
+    'IPAKitLoadEmbeds': 'IPAdapter Load Embeds (IPAKit)',
+    'IPAKitPrepImage': 'Prep Image For CLIP Vision (IPAKit)',
+    'IPAKitNoise': 'IPAdapter Noise (IPAKit)',
+    'IPAKitInsightFaceLoader': 'InsightFace Loader (IPAKit)',
+    'IPAKitApplyFaceID': 'Apply IPAdapter FaceID (IPAKit)',
+    'IPAKitFaceIDLoRA': 'IPAdapter FaceID LoRA (IPAKit)',
+    'IPAKitWeights': 'IPAdapter Weights (IPAKit)',
+    'IPAKitWeightsFromStrategy': 'IPAdapter Weights From Strategy (IPAKit)',
+    'IPAKitPromptScheduleFromWeightsStrategy': 'Prompt Schedule From Weights Strategy (IPAKit)',
+    'IPAKitCombineWeights': 'IPAdapter Combine Weights (IPAKit)',
+    'IPAKitRegionalConditioning': 'IPAdapter Regional Conditioning (IPAKit)',
+    'IPAKitCombineParams': 'IPAdapter Combine Params (IPAKit)',
+    'IPAKitApplyFromParams': 'Apply IPAdapter from Params (IPAKit)',
+}
 # fmt: on

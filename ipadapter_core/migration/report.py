@@ -5,28 +5,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .ours import DISPLAY
 from .ours import NODES as OURS
-
-DISPLAY = {
-    "IPAKitModelLoader": "IPAdapter Model Loader", "IPAKitUnifiedLoader": "IPAdapter Unified Loader",
-    "IPAKitApply": "Apply IPAdapter", "IPAKitApplyEmbeds": "Apply IPAdapter Embeds",
-    "IPAKitApplyClipVisionEnhancer": "Apply IPAdapter ClipVision Enhancer", "IPAKitApplyTiled": "Apply IPAdapter Tiled",
-    "IPAKitApplyStyleComposition": "Apply IPAdapter Style & Composition",
-    "IPAKitApplyPreciseStyle": "Apply IPAdapter Precise Style Transfer",
-    "IPAKitApplyPreciseComposition": "Apply IPAdapter Precise Composition", "IPAKitEncode": "IPAdapter Encode",
-    "IPAKitCombineEmbeds": "IPAdapter Combine Embeds", "IPAKitSaveEmbeds": "IPAdapter Save Embeds",
-    "IPAKitLoadEmbeds": "IPAdapter Load Embeds", "IPAKitPrepImage": "Prep Image For CLIP Vision",
-    "IPAKitNoise": "IPAdapter Noise", "IPAKitInsightFaceLoader": "InsightFace Loader",
-    "IPAKitApplyFaceID": "Apply IPAdapter FaceID", "IPAKitFaceIDLoRA": "IPAdapter FaceID LoRA",
-    "IPAKitWeights": "IPAdapter Weights", "IPAKitWeightsFromStrategy": "IPAdapter Weights From Strategy",
-    "IPAKitPromptScheduleFromWeightsStrategy": "Prompt Schedule From Weights Strategy",
-    "IPAKitCombineWeights": "IPAdapter Combine Weights", "IPAKitRegionalConditioning": "IPAdapter Regional Conditioning",
-    "IPAKitCombineParams": "IPAdapter Combine Params", "IPAKitApplyFromParams": "Apply IPAdapter from Params",
-}
 
 
 def display(node_id: str | None) -> str:
-    return DISPLAY.get(node_id or "", node_id or "")
+    """Our node's display name without the pack suffix (the id itself for anything else)."""
+    return DISPLAY.get(node_id or "", node_id or "").removesuffix(" (IPAKit)")
 
 
 @dataclass
