@@ -301,10 +301,14 @@ def test_keys_and_values_are_computed_once_per_apply(pipe):
 
 
 def test_new_inputs_are_optional_widgets_after_the_existing_ones(comfy):
-    for node in ("IPAKitApply", "IPAKitApplyEmbeds", "IPAKitApplyFaceID"):
-        optional = list(comfy.NODE_CLASS_MAPPINGS[node].INPUT_TYPES()["optional"])
+    older = {"IPAKitApply": ["block_weights"], "IPAKitApplyEmbeds": ["block_weights", "weight_faceidv2", "lora_strength"],
+             "IPAKitApplyFaceID": ["block_weights"]}  # the optional widgets saved workflows had before
+    for node, before in older.items():
+        optional = comfy.NODE_CLASS_MAPPINGS[node].INPUT_TYPES()["optional"]
+        widgets = [name for name, (kind, *opts) in optional.items()  # what a UI workflow's widgets_values holds, in order
+                   if kind in ("BOOLEAN", "INT", "FLOAT", "STRING") and not (opts and opts[0].get("forceInput"))]
         want = ["unfold_batch", "encode_batch_size"] if node != "IPAKitApplyEmbeds" else ["unfold_batch"]
-        assert optional[-len(want):] == want, node
+        assert widgets[: len(before) + len(want)] == before + want, node  # appended: older saves keep their values
         spec = comfy.NODE_CLASS_MAPPINGS[node].INPUT_TYPES()["optional"]["unfold_batch"]
         assert spec[0] == "BOOLEAN" and spec[1]["default"] is False and spec[1]["tooltip"]
     mask_tip = comfy.NODE_CLASS_MAPPINGS["IPAKitApply"].INPUT_TYPES()["optional"]["attn_mask"][1]["tooltip"]
