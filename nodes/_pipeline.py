@@ -138,6 +138,15 @@ def apply(model, bundle: AdapterBundle, embeds: ImageEmbeds, settings: ApplySett
                      lora_strength=lora_strength)
 
 
+def apply_images(model, bundle: AdapterBundle, images: torch.Tensor, settings: ApplySettings, *, clip_vision=None,
+                 image_negative: torch.Tensor | None = None, batch_size: int = 0):
+    """`apply` from reference images: they are encoded only when the settings change something."""
+    if changes_nothing_on(model, settings):
+        return model  # nothing to encode
+    embeds = encode(bundle, images, clip_vision=clip_vision, image_negative=image_negative, batch_size=batch_size)
+    return apply(model, bundle, embeds, settings, clip_vision=clip_vision)
+
+
 @dataclasses.dataclass(frozen=True)
 class Prompt:
     """One image prompt to install: an adapter, its embeds and settings (and the CLIP vision model for legacy embeds)."""

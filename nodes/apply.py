@@ -24,12 +24,8 @@ class Apply(ApplyNode):
         }
 
     def apply(self, model, ipadapter, image, clip_vision=None, image_negative=None, encode_batch_size=0, **options):
-        settings = self.settings(options)
-        if _pipeline.changes_nothing_on(model, settings):
-            return (model,)  # nothing to encode
-        embeds = _pipeline.encode(ipadapter, image, clip_vision=clip_vision, image_negative=image_negative,
-                                  batch_size=encode_batch_size or 0)
-        return (_pipeline.apply(model, ipadapter, embeds, settings, clip_vision=clip_vision),)
+        return (_pipeline.apply_images(model, ipadapter, image, self.settings(options), clip_vision=clip_vision,
+                                       image_negative=image_negative, batch_size=encode_batch_size or 0),)
 
 
 class ApplyEmbeds(ApplyNode):

@@ -97,11 +97,8 @@ class _Precise(ApplyNode):
 
     def apply(self, model, ipadapter, image, clip_vision=None, image_negative=None, encode_batch_size=0, **options):
         settings = self.settings({**options, "weight_type": self.WEIGHT_TYPE})
-        if _pipeline.changes_nothing_on(model, settings):
-            return (model,)
-        embeds = _pipeline.encode(ipadapter, image, clip_vision=clip_vision, image_negative=image_negative,
-                                  batch_size=encode_batch_size or 0)
-        return (_pipeline.apply(model, ipadapter, embeds, settings, clip_vision=clip_vision),)
+        return (_pipeline.apply_images(model, ipadapter, image, settings, clip_vision=clip_vision,
+                                       image_negative=image_negative, batch_size=encode_batch_size or 0),)
 
 
 class PreciseStyle(_Precise):
