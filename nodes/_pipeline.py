@@ -101,11 +101,8 @@ def encode_face_frames(bundle, image, insightface, *, clip_vision=None, image_ne
     """`encode_faces` plus which images had a face (a list of bools). With `keep_frames` (unfolding a batch)
     an image without a face keeps its place instead of being dropped: it borrows the first found face's
     features, and `face_frame_weights` gives its frame weight 0."""
-    analyzer = insightface if insightface is not None else bundle.insightface
-    if analyzer is None:
-        raise ValueError(f"{bundle.name} is a FaceID adapter: connect an InsightFace loader, or use the Unified Loader's FaceID presets")
     spec = bundle.spec
-    faces = _faceid.analyze(analyzer, image, crop_size=spec.face_crop_size or 224, choice=choice, on_missing=on_missing)
+    faces = _faceid.analyze(face_analyzer(bundle, insightface), image, crop_size=spec.face_crop_size or 224, choice=choice, on_missing=on_missing)
     keep = faces.found
     crops = faces.crops
     found = [bool(x) for x in keep.tolist()]
@@ -117,6 +114,17 @@ def encode_face_frames(bundle, image, insightface, *, clip_vision=None, image_ne
         rows = torch.tensor([i if f else first for i, f in enumerate(found)], dtype=torch.long)
     picked = dataclasses.replace(faces, normed=faces.normed[rows], raw=faces.raw[rows], crops=crops[rows], found=keep[rows])
     return encode(bundle, None, clip_vision=clip_vision, image_negative=image_negative, faces=picked, batch_size=batch_size), crops, found
+
+
+def face_analyzer(bundle: AdapterBundle, insightface=None):
+    """The InsightFace analyzer for a FaceID adapter: the connected one, else the one the Unified Loader brought."""
+    analyzer = insightface if insightface is not None else bundle.insightface
+    if analyzer is None:
+        raise ValueError(
+            f"{bundle.name} is a FaceID adapter: connect an InsightFace Loader to insightface, or load the adapter with a "
+            "FaceID preset of the Unified Loader"
+        )
+    return analyzer
 
 
 def face_frame_weights(weight, found: list[bool]) -> list[float]:

@@ -97,11 +97,5 @@ class ApplyEnhancer(ApplyNode):
 def face_crops(ipadapter, image, insightface, tiles: int):
     """The largest face of each image (an error for an image without one), aligned at `tiles` times the adapter's
     crop size, so the tiles of the crop hold real detail."""
-    analyzer = insightface if insightface is not None else ipadapter.insightface
-    if analyzer is None:
-        raise ValueError(
-            f"{ipadapter.name} is a FaceID Plus adapter: connect an InsightFace Loader to insightface, or load the adapter "
-            "with a FaceID preset of the Unified Loader"
-        )
     size = (ipadapter.spec.face_crop_size or 224) * tiles
-    return _faceid.analyze(analyzer, image, crop_size=size, choice="largest", on_missing="error")
+    return _faceid.analyze(_pipeline.face_analyzer(ipadapter, insightface), image, crop_size=size, choice="largest", on_missing="error")
