@@ -12,6 +12,7 @@ is a failure too. Stdlib only: this runs under the machine's python3.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +24,36 @@ if str(REPO) not in sys.path:
 
 from dev.host import setup_env  # noqa: E402 (needs the path above)
 
+SUITE_DISK_GIB = 20
+"""Disk the whole suite needs with an empty `.cache`: the generated stand-in models (about 16 GiB: the
+full-size SD1.5 checkpoint, the SDXL-small checkpoint, CLIP ViT-H, the full-size adapters), the venv, the
+host and the tests' temporary files. Measured on a clean clone (bench/RESULTS.md)."""
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def disk_warning(repo: Path = REPO) -> str | None:
+    """A warning when the disk under the repository has less room than the suite still needs (what is
+    already generated in `.cache` and `.venv` counts as done); None when there is enough. A full disk
+    fails tests far from the cause (a checkpoint write, a server start, pytest's own output)."""
+    need = SUITE_DISK_GIB * 2**30 - _tree_size(repo / ".cache") - _tree_size(repo / ".venv")
+    free = shutil.disk_usage(repo).free
+    if free >= need:
+        return None
+    import tempfile  # pytest's tmp_path lives there; usually the same disk
+    return (f"[run_tests] WARNING: {free / 2**30:.1f} GiB free on the disk of {repo} (temporary files: "
+            f"{tempfile.gettempdir()}), the suite still needs about {need / 2**30:.1f} GiB; tests that write "
+            f"models or start servers will fail with 'No space left on device'. Free some space first.")
+
 
 def pytest_command(python: Path, argv: list[str]) -> list[str]:
     has_path = any(not arg.startswith("-") and (REPO / arg.split("::")[0]).exists() for arg in argv)
@@ -33,6 +64,9 @@ def pytest_command(python: Path, argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
+    warning = disk_warning()
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     try:
         python = setup_env.ensure()
     except (RuntimeError, ValueError, OSError) as err:
