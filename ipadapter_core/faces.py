@@ -454,7 +454,7 @@ def analyze_images(
             problem = f"InsightFace found no face in {where}"
             hint = "use a larger, clearer, front-facing face (crop closer to it, better light)"
         if on_missing == "error":
-            raise ValueError(f"{problem}. Fix: {hint}, or set on_missing to 'skip' to give such images zero weight.")
+            raise ValueError(f"{problem}. Fix: {hint}, or set on_missing_face to 'skip image' (Apply FaceID) to give such images zero weight.")
         log.warning("%s; skipping it (zero embedding, zero weight).", problem)
     found = torch.tensor([f is not None for f in selected], dtype=torch.bool)
     return FaceBatch(

@@ -6,7 +6,7 @@ import logging
 
 from ..ipadapter_core.faces import PACK_FILES
 from . import _docs, _faceid, _folders, _pipeline
-from ._base import ApplyNode
+from ._base import ApplyNode, CheckedNode
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class ApplyFaceID(ApplyNode):
                                 kolors_scale=weight_kolors), crops)
 
 
-class FaceIDLoRA:
+class FaceIDLoRA(CheckedNode):
     DESCRIPTION = (
         "Applies the FaceID LoRA to a model: the one embedded in the adapter file, or a separate *_lora.safetensors "
         "file from models/loras. Reversible like any ComfyUI LoRA; Apply FaceID then does not apply it again."
