@@ -8,7 +8,6 @@ that would run code is refused), the `adapter_modules` alias and raw training ch
 
 from __future__ import annotations
 
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from . import safe_load
 from .lora import LORA_KEY
 from .spec import CLIP_ENCODERS, FACE_DIM, FAMILY_BY_LAYERS, AdapterKind, AdapterSpec, ClipOutput, Family
 
@@ -46,24 +46,12 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"IP-Adapter file not found: {path}")
-    if path.suffix.lower() in (".safetensors", ".sft"):
-        import safetensors.torch
-
-        try:
-            flat = safetensors.torch.load_file(str(path), device="cpu")
-        except Exception as e:  # safetensors raises its own error types for truncated/corrupt headers
-            raise CheckpointError(f"{path.name}: not a readable safetensors file ({e}). Re-download the file.") from e
-        return _split_flat(path, flat)
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=_can_mmap(path))
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path.name}: refused to load; the pickle asks to run code or build objects that are not plain "
-            f"tensors ({_first_line(e)}). Nothing from it was executed. Use the .safetensors release of this "
-            "adapter, or a .bin that holds only tensors."
-        ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path.name}: not a readable torch file ({_first_line(e)}). Re-download the file.") from e
+        obj = safe_load.load_file(path, what="IP-Adapter")
+    except (safe_load.UnsafeFileError, safe_load.DamagedFileError) as e:
+        raise CheckpointError(str(e)) from None
+    if path.suffix.lower() in safe_load.SAFETENSORS_SUFFIXES:
+        return _split_flat(path, obj)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path.name}: expected a dict of tensors, found {type(obj).__name__}.")
     if isinstance(obj.get("image_proj"), dict):
@@ -75,16 +63,6 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
             )
         return RawCheckpoint(path, dict(obj["image_proj"]), dict(adapter))
     return _split_flat(path, obj)
-
-
-def _can_mmap(path: Path) -> bool:
-    import zipfile
-
-    return zipfile.is_zipfile(path)
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
 
 
 def _split_flat(path: Path, flat: dict) -> RawCheckpoint:

@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from . import checks
 from .adapter import IPAdapterModel, project
 from .images import clip_pixels, zero_pixels
 from .spec import AdapterKind, AdapterSpec, ClipOutput
@@ -81,6 +82,10 @@ class ImageEmbeds:
                     f"it reads {'normed' if spec.face_normed else 'raw (unnorm)'} face embeddings, these are "
                     f"{'normed' if self.face_normed else 'raw'}"
                 )
+        if self.count == 0:
+            raise ValueError(f"{source} hold 0 references; encode at least one image (an empty batch or every face skipped gives none)")
+        for name, t in (*self.cond.items(), *(("negative " + k, v) for k, v in self.uncond.items())):
+            checks.finite(f"{source} ({name} features)", t, "encode the images again (check them for NaN pixels), or load intact embeds")
         if problems:
             encoder = f" ({spec.clip_encoder})" if spec.clip_encoder else ""
             raise ValueError(
@@ -105,8 +110,10 @@ def combine_features(x: torch.Tensor, method: str) -> torch.Tensor:
     if method == "average":
         return x.mean(0, keepdim=True)
     if method == "norm average":  # average directions, keep the average length
-        norms = x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return (x / norms).mean(0, keepdim=True) * norms.mean(0, keepdim=True)
+        # in float64: squaring float32 features overflows from about 1e19 (the norms would be inf, the result NaN)
+        wide = x.double()
+        norms = wide.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return ((wide / norms).mean(0, keepdim=True) * norms.mean(0, keepdim=True)).to(x.dtype)
     return x.amax(0, keepdim=True) if method == "max" else x.amin(0, keepdim=True)
 
 

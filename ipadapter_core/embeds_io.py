@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import torch
 
+from . import safe_load
 from .embeds import ImageEmbeds
 from .spec import AdapterKind, ClipOutput
 
@@ -43,48 +43,72 @@ def load_embeds(path: str | Path) -> ImageEmbeds:
     """Read embeds written by `save_embeds`, or a legacy `.ipadpt` tensor file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"embeds file not found: {path}")
+        raise FileNotFoundError(f"embeds file not found: {path.name}")
     if path.suffix.lower() == ".ipadpt":
         return _load_legacy(path)
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types
-        raise ValueError(f"{path.name}: not a readable safetensors file ({e})") from e
-    if meta.get("format") != FORMAT:
+    header = safe_load.read_safetensors_header(path, what="embeds")
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
         raise ValueError(
-            f"{path.name}: not an IPAdapter Kit embeds file (metadata format={meta.get('format')!r}); "
+            f"{path.name}: not an IPAdapter Kit embeds file (metadata format={found!r}); "
             "save embeds with the Save Embeds node"
         )
-    version = int(meta.get("format_version", "0") or 0)
+    version = _meta_int(path, meta, "format_version")
     if version > FORMAT_VERSION:
         raise ValueError(f"{path.name}: embeds format version {version} is newer than this pack reads ({FORMAT_VERSION}); update the pack")
-    shapes = json.loads(meta.get("shapes", "{}"))
+    tensors = safe_load.load_file(path, what="embeds")
+    try:
+        shapes = json.loads(meta.get("shapes") or "{}")
+        if not isinstance(shapes, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:
+        raise _damaged(path, f"its `shapes` metadata is not a JSON object of tensor shapes ({e})") from None
     for key, shape in shapes.items():
         if key not in tensors or list(tensors[key].shape) != shape:
-            raise ValueError(f"{path.name}: tensor {key} does not match its recorded shape {shape}; the file is damaged")
+            raise _damaged(path, f"tensor {key} does not match its recorded shape {shape}")
     cond = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("cond.")}
     uncond = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("uncond.")}
+    if not cond:
+        raise _damaged(path, "it holds no `cond.*` tensors")
     normed = meta.get("face_normed", "")
+    if normed not in ("", "true", "false"):
+        raise _damaged(path, f"face_normed is {normed!r}, expected 'true', 'false' or empty")
     return ImageEmbeds(
         cond=cond,
         uncond=uncond,
         clip_encoder=meta.get("clip_encoder") or None,
-        clip_output=ClipOutput(meta["clip_output"]) if meta.get("clip_output") else None,
+        clip_output=_meta_enum(path, meta, "clip_output", ClipOutput),
         face_normed=None if normed == "" else normed == "true",
-        adapter_kind=AdapterKind(meta["adapter_kind"]) if meta.get("adapter_kind") else None,
+        adapter_kind=_meta_enum(path, meta, "adapter_kind", AdapterKind),
     )
+
+
+def _damaged(path: Path, what: str) -> ValueError:
+    return ValueError(f"{path.name}: damaged embeds file: {what}. Save the embeds again with Save Embeds (or re-download the file).")
+
+
+def _meta_int(path: Path, meta: dict, key: str) -> int:
+    try:
+        return int(meta.get(key) or 0)
+    except ValueError:
+        raise _damaged(path, f"{key} is {meta.get(key)!r}, not a number") from None
+
+
+def _meta_enum(path: Path, meta: dict, key: str, enum):
+    value = meta.get(key)
+    if not value:
+        return None
+    try:
+        return enum(value)
+    except ValueError:
+        known = ", ".join(m.value for m in enum)
+        raise _damaged(path, f"{key} is {value!r}; this pack knows {known}") from None
 
 
 def _load_legacy(path: Path) -> ImageEmbeds:
     """IPAdapter Plus's `.ipadpt`: one pickled tensor of raw CLIP features, loaded without running code."""
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"{path.name}: refused to load; the pickle would run code or build non-tensor objects. Nothing was executed.") from e
+    obj = safe_load.load_file(path, what="embeds")
     if not isinstance(obj, torch.Tensor) or obj.ndim not in (2, 3):
         raise ValueError(f"{path.name}: expected one tensor [n, width] or [n, tokens, width]; found {type(obj).__name__}")
     output = ClipOutput.IMAGE_EMBEDS if obj.ndim == 2 else ClipOutput.PENULTIMATE

@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from . import checks
 from .adapter import LoadedAdapter
 from .attention import FrameTerm, ImageTerm
 from .embeds import ClipEncoder, ImageEmbeds, combine, project_embeds
@@ -77,6 +78,16 @@ class ApplySettings:
             if not values:
                 raise ValueError("weight: the list of frame weights is empty; give one weight, or one per frame")
             object.__setattr__(self, "weight", values[0] if len(values) == 1 else tuple(values))
+        else:
+            checks.number("weight", self.weight)
+        checks.number("start_at", self.start_at, low=0.0, high=1.0)
+        checks.number("end_at", self.end_at, low=0.0, high=1.0)
+        checks.number("weight_faceidv2", self.weight_faceidv2)
+        for name in ("weight_composition", "style_boost", "composition_boost"):
+            if getattr(self, name) is not None:
+                checks.number(name, getattr(self, name))
+        if self.attn_mask is not None:
+            checks.mask_batch("attn_mask", self.attn_mask)
         object.__setattr__(self, "unfold_batch", bool(self.unfold_batch))
 
     @property
@@ -117,12 +128,21 @@ def changes_nothing(topology: Topology, settings: ApplySettings) -> bool:
 def check_topology(adapter: LoadedAdapter, topology: Topology) -> None:
     """Refuse an adapter made for another UNet, naming both and the fix."""
     spec = adapter.spec
-    if spec.layer_widths != topology.widths_checkpoint_order or spec.cross_attention_dim != topology.context_dim:
+    widths = topology.widths_checkpoint_order
+    if spec.layer_widths != widths or spec.cross_attention_dim != topology.context_dim:
+        model = topology.describe()
+        if topology.family == spec.family:  # same family, other layers or context: say what differs
+            model = f"a different {topology.family.label} UNet ({_shape(widths, topology.context_dim)})"
         raise ValueError(
-            f"{adapter.name} is an adapter for {spec.family.value.upper()} ({spec.num_layers} cross-attention layers, context "
-            f"{spec.cross_attention_dim}), but the model is {topology.describe()}. Pick an adapter made for this "
-            "model (SD1.5 adapters end in _sd15, SDXL ones in _sdxl), or use the Unified Loader."
+            f"{adapter.name} is an adapter for {spec.family.value.upper()} ({_shape(spec.layer_widths, spec.cross_attention_dim)}), "
+            f"but the model is {model}. Pick an adapter made for this model (SD1.5 adapters end in _sd15, SDXL ones in _sdxl), "
+            "or use the Unified Loader."
         )
+
+
+def _shape(widths: tuple[int, ...], context: int) -> str:
+    """For messages: "70 cross-attention layers of widths 640, 1280, context 2048"."""
+    return f"{len(widths)} cross-attention layers of widths {', '.join(map(str, dict.fromkeys(widths)))}, context {context}"
 
 
 def image_terms(
@@ -157,7 +177,7 @@ def image_terms(
     embeds = combine(embeds, "concat" if spec.kind in _CONCAT_ONLY else settings.combine_embeds)
     masks = _masks(settings.attn_mask, embeds.count)
     device = next(adapter.model.parameters()).device
-    cond, uncond = project_embeds(adapter.model, embeds.to(device), shortcut_scale=settings.weight_faceidv2, encode=encode)
+    cond, uncond = _tokens(adapter, embeds.to(device), settings, encode)
     return adapter_terms(
         adapter.model,
         topology,
@@ -197,7 +217,7 @@ def _frame_terms(adapter: LoadedAdapter, topology: Topology, embeds: ImageEmbeds
         masks = _masks(settings.attn_mask, embeds.count)
         count = len(weights)
         frame_set = [0] * count
-    cond, uncond = project_embeds(adapter.model, embeds.to(device), shortcut_scale=settings.weight_faceidv2, encode=encode)
+    cond, uncond = _tokens(adapter, embeds.to(device), settings, encode)
     uncond = uncond.to(cond)
     g, s, _ = cond.shape
     if settings.unfold_batch:
@@ -224,6 +244,16 @@ def _frame_terms(adapter: LoadedAdapter, topology: Topology, embeds: ImageEmbeds
         sigma_range=_sigma_range(settings, percent_to_sigma),
         pre=pre,
     )
+
+
+def _tokens(adapter: LoadedAdapter, embeds: ImageEmbeds, settings: ApplySettings, encode) -> tuple[torch.Tensor, torch.Tensor]:
+    """The projected tokens (cond, uncond), refused when not finite (a NaN there would give a black image)."""
+    cond, uncond = project_embeds(adapter.model, embeds, shortcut_scale=settings.weight_faceidv2, encode=encode)
+    fix = (f"the weights of {adapter.name} or the embeds hold NaN/inf values (or overflow in this dtype); use an intact adapter "
+           "file, re-encode the embeds, or run the model in fp32")
+    checks.finite(f"the projected image tokens of {adapter.name}", cond, fix)
+    checks.finite(f"the projected negative tokens of {adapter.name}", uncond, fix)
+    return cond, uncond
 
 
 def _masks(attn_mask: torch.Tensor | None, references: int) -> torch.Tensor | None:

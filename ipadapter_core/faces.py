@@ -250,6 +250,16 @@ def resolve_providers(provider: str = "CPU") -> list[str]:
     return [name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"]
 
 
+def _damaged(folder: Path, pack: str, err: Exception) -> str:
+    """The message for a pack file onnxruntime cannot read (truncated download, not an ONNX model)."""
+    text = str(err)
+    named = [p.name for p in sorted(folder.glob("*.onnx")) if str(p) in text]
+    which = named[0] if named else "one of its .onnx files"
+    reason = text.rsplit("failed:", 1)[-1].strip() if "failed:" in text else text.strip()
+    return (f"the InsightFace pack {pack} in {folder} is damaged: onnxruntime cannot read {which} ({reason[:160]}). "
+            f"Download the pack again and replace the folder's files; expected {_expected(pack)}.")
+
+
 def load_face_analysis(root: str | os.PathLike, pack: str = "buffalo_l", provider: str = "CPU") -> FaceAnalyzer:
     """Load a pack's detection and recognition models from `<root>/models/<pack>` with insightface.
 
@@ -276,6 +286,10 @@ def load_face_analysis(root: str | os.PathLike, pack: str = "buffalo_l", provide
                 f"insightface found no face detection model among the .onnx files in {folder} "
                 f"({_listing(folder)}); expected {_expected(pack)}. Replace the files with the original pack."
             ) from err
+        except Exception as err:
+            if not type(err).__module__.startswith("onnxruntime"):
+                raise
+            raise RuntimeError(_damaged(folder, pack, err)) from err
         if "recognition" not in app.models:
             raise RuntimeError(
                 f"insightface found no recognition model among the .onnx files in {folder} "
@@ -454,7 +468,7 @@ def analyze_images(
             problem = f"InsightFace found no face in {where}"
             hint = "use a larger, clearer, front-facing face (crop closer to it, better light)"
         if on_missing == "error":
-            raise ValueError(f"{problem}. Fix: {hint}, or set on_missing to 'skip' to give such images zero weight.")
+            raise ValueError(f"{problem}. Fix: {hint}, or set on_missing_face to 'skip image' (Apply FaceID) to give such images zero weight.")
         log.warning("%s; skipping it (zero embedding, zero weight).", problem)
     found = torch.tensor([f is not None for f in selected], dtype=torch.bool)
     return FaceBatch(

@@ -67,12 +67,37 @@ def square(x: torch.Tensor, size: int, crop_position: str = "center", interpolat
         x = resize(x, (nh, nw), interpolation)
         top, left = (size - nh) // 2, (size - nw) // 2
         return F.pad(x, (left, size - nw - left, top, size - nh - top))
+    x = _crop_window(x, crop_position)
+    h, w = x.shape[-2:]
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
     x = resize(x, (nh, nw), interpolation)
     top = {"top": 0, "bottom": nh - size}.get(crop_position, (nh - size) // 2)
     left = {"left": 0, "right": nw - size}.get(crop_position, (nw - size) // 2)
     return x[..., top : top + size, left : left + size]
+
+
+MAX_RESIZE_ASPECT = 4
+"""Cropping keeps at most this long side per short side of the source before resizing: the resized image is then at
+most size x 4*size, whatever the input's aspect (a 16384x1 image would otherwise resize to 224 x 3.7M pixels)."""
+
+
+def _crop_window(x: torch.Tensor, crop_position: str) -> torch.Tensor:
+    """The part of NCHW `x` that cropping can use, cut before resizing so memory follows the output size.
+
+    Images up to 4:1 are returned whole (so the crop is exactly resize-then-crop); longer ones keep a 4:1 window at the
+    crop position along the long side (centred for the positions of the other axis).
+    """
+    h, w = x.shape[-2:]
+    short = min(h, w)
+    keep = min(max(h, w), MAX_RESIZE_ASPECT * short)
+    if keep == max(h, w):
+        return x
+    if h > w:
+        top = {"top": 0, "bottom": h - keep}.get(crop_position, (h - keep) // 2)
+        return x[..., top : top + keep, :]
+    left = {"left": 0, "right": w - keep}.get(crop_position, (w - keep) // 2)
+    return x[..., :, left : left + keep]
 
 
 def sharpen(x: torch.Tensor, amount: float) -> torch.Tensor:
@@ -120,6 +145,12 @@ def clip_pixels(images: torch.Tensor, size: int = 224, mask: torch.Tensor | None
     std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
     x = (x - mean) / std
     if mask is not None:
+        mask = mask[None] if mask.ndim == 2 else mask
+        if mask.ndim != 3 or 0 in mask.shape or mask.shape[0] not in (1, x.shape[0]):
+            raise ValueError(
+                f"mask has shape {tuple(mask.shape)} for {x.shape[0]} image(s); give one mask [H, W] for all images, or "
+                "one per image, each at least 1x1 pixel"
+            )
         m = square(mask.float().to(x.device)[:, None], size)
         x = x * m
     return x

@@ -49,4 +49,7 @@ def as_mask_batch(mask: torch.Tensor) -> torch.Tensor:
         mask = mask[:, 0]
     if mask.ndim != 3:
         raise ValueError(f"attention mask must be [H, W], [B, H, W] or [B, 1, H, W]; got shape {tuple(mask.shape)}")
+    if 0 in mask.shape:
+        raise ValueError(f"attention mask has shape {tuple(mask.shape)}: no masks or no pixels; give a mask at least 1x1 pixel wide, "
+                         "or disconnect it")
     return mask.float()

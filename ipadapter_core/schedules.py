@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -150,22 +151,39 @@ def parse_block_weights(text: str, topology: Topology) -> tuple[float, ...] | No
     for item in filter(None, (part.strip() for part in re.split(r"[,\n;]", text))):
         m = re.fullmatch(r"(\d+)\s*[:=]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)", item)
         if not m:
-            raise ValueError(f"block_weights: cannot read '{item}'; write layer:weight pairs like '3:1.0, 6:0.5' or a dict")
+            raise ValueError(f"block_weights: cannot read '{_clip_text(item)}'; write layer:weight pairs like '3:1.0, 6:0.5' or a dict")
         index = int(m.group(1))
         if index >= n:
             raise ValueError(f"block_weights: layer {index} does not exist; this model has layers 0..{n - 1}")
-        scales[index] = float(m.group(2))
+        scales[index] = _finite(float(m.group(2)), f"layer {index}")
     return tuple(scales)
 
 
+def _clip_text(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+_MAX_DEPTH = 8
+"""Brackets deeper than this are refused before parsing (the dict form needs 3; parsers recurse per level)."""
+
+
 def _literal(text: str):
+    depth = deepest = 0
+    for ch in text:
+        depth += (ch in "[{(") - (ch in "]})")
+        deepest = max(deepest, depth)
+    if deepest > _MAX_DEPTH:
+        raise ValueError(
+            f"block_weights: brackets nested {deepest} deep; the dict form needs at most 3, e.g. "
+            '{"up": {"block_0": [0.0, 1.0, 0.0]}}'
+        )
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         pass
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError) as e:
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
         raise ValueError(f"block_weights: not a valid dict ({e.__class__.__name__}: {e})") from None
 
 
@@ -209,7 +227,13 @@ def _scalar(value, where: str) -> float:
         value = value[0]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"block_weights: '{where}' must be a number (per-image lists are not supported), got {value!r}")
-    return float(value)
+    return _finite(float(value), where)
+
+
+def _finite(value: float, where: str) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"block_weights: '{where}' is {value}, not a finite number; give a plain number such as 0.5")
+    return value
 
 
 # per layer

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..ipadapter_core import ClipOutput
+from ..ipadapter_core import ClipOutput, safe_load
 from ..ipadapter_core.presets import CLIP_NAMES
 
 _lock = threading.Lock()
@@ -95,14 +95,34 @@ _clip_models: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def load_clip_vision_cached(path: Path):
-    import comfy.clip_vision
+    """ComfyUI's CLIP vision model for a file, loaded once per file version.
 
+    The file is read here, as plain tensors (safetensors, or a pickle with `weights_only=True`), and handed to
+    the host's `load_clipvision_from_sd`: the 2024 host's `comfy.clip_vision.load` would unpickle `.bin`/`.pt`
+    files with code execution allowed.
+    """
     key = (str(path.resolve()), path.stat().st_mtime_ns)
     with _lock:
         model = _clip_models.get(key)
         if model is None:
-            model = comfy.clip_vision.load(str(path))
-            if model is None:
-                raise ValueError(f"{path.name}: ComfyUI does not recognise this file as a CLIP vision model (ViT-H, ViT-bigG or ViT-L)")
+            model = clip_vision_from_file(path)
             _clip_models[key] = model
         return model
+
+
+def clip_vision_from_file(path: Path):
+    """Build the host's CLIP vision model from a file's tensors, as `comfy.clip_vision.load` would."""
+    import comfy.clip_vision
+
+    sd = safe_load.state_dict(path, what="CLIP vision model")
+    if "visual.transformer.resblocks.0.attn.in_proj_weight" in sd:
+        model = comfy.clip_vision.load_clipvision_from_sd(sd, prefix="visual.", convert_keys=True)
+    else:
+        model = comfy.clip_vision.load_clipvision_from_sd(sd)
+    if model is None:
+        raise ValueError(
+            f"{path.name}: ComfyUI does not recognise this file as a CLIP vision model (ViT-H, ViT-bigG or ViT-L; "
+            f"{len(sd)} tensors, e.g. {', '.join(list(sd)[:3]) or 'none'}). Put a CLIP vision model into models/clip_vision."
+        )
+    return model
+

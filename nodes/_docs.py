@@ -91,7 +91,7 @@ ENCODE_BATCH_SIZE = (
         "min": 0,
         "max": 4096,
         "tooltip": "Encode the reference images through CLIP vision this many at a time (with a progress bar), so hundreds "
-        "of frames never hold more than one chunk's activations. 0: all at once.",
+        "of frames never hold more than one chunk's activations. 0: 32 at a time.",
     },
 )
 BLOCK_WEIGHTS = (

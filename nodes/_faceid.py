@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..ipadapter_core import safe_load
 from ..ipadapter_core.lora import to_diffusers_lora
 from . import _folders, _progress, _unet
 
@@ -98,12 +99,11 @@ def apply_lora(model, adapter, strength: float, lora_file: Path | None = None):
     exactly as the published `*_lora.safetensors` file would.
     """
     import comfy.sd
-    import comfy.utils
 
     if strength == 0 or (lora_file is None and not adapter.lora):
         return model
     if lora_file is not None:
-        lora = comfy.utils.load_torch_file(str(lora_file), safe_load=True)
+        lora = safe_load.state_dict(lora_file, what="FaceID LoRA")  # plain tensors only, on every host
     else:
         lora = to_diffusers_lora(adapter.lora, _unet.topology(model))
     patched, _ = comfy.sd.load_lora_for_models(model, None, lora, strength, 0)

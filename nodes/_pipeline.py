@@ -37,8 +37,9 @@ def encode(
     """Encoder features of the references (and their negatives) for this adapter.
 
     `faces` is a FaceBatch from the InsightFace stage (FaceID adapters); images whose face was not
-    found are dropped there, so every row here is a real reference. `batch_size` > 0 runs CLIP vision on
-    that many images (or tiles) at a time; the progress bar counts the encoder calls. `enhance` asks for the
+    found are dropped there, so every row here is a real reference. CLIP vision runs on `batch_size` images
+    (or tiles) at a time (0: `DEFAULT_ENCODE_BATCH`); the progress bar counts the encoder calls, and /interrupt
+    is honoured before each call. `enhance` asks for the
     ClipVision Enhancer's tiled CLIP features (`ipadapter_core.enhance`); a FaceID identity is then repeated
     to match their references.
     """
@@ -59,13 +60,16 @@ def encode(
         if clip_vision is None:
             raise ValueError(
                 f"{bundle.name} needs a CLIP vision model ({_clip.clip_file_hint(spec)}): connect clip_vision, or load "
-                "the adapter with the Unified Loader, which brings it along"
+                "the adapter with the Unified Loader, which brings it along. If clip_vision is connected, its loader "
+                "returned nothing: ComfyUI did not recognise that file as a CLIP vision model; pick another file there"
             )
         _clip.check_clip(spec, clip_vision, bundle.name)
         negatives = None if image_negative is None else image_negative.shape[0]
+        batch_size = batch_size if batch_size > 0 else DEFAULT_ENCODE_BATCH
         bar = _progress.progress(encoder_calls(spec, images.shape[0], negatives, enhance, batch_size))
 
         def clip_encoder(pixels, _encode=_clip.encoder(clip_vision)):  # one bar step per encoder call
+            _stop_if_interrupted()
             out = _encode(pixels)
             bar.update(1)
             return out
@@ -85,6 +89,18 @@ def encode(
     )
 
 
+DEFAULT_ENCODE_BATCH = 32
+"""Encoder rows per CLIP vision call when encode_batch_size is 0: big batches are encoded in chunks, each one a
+progress step and an interrupt point, and never hold more than one chunk's activations."""
+
+
+def _stop_if_interrupted() -> None:
+    """Raise the host's interrupt exception when the user pressed Cancel (/interrupt) since the node started."""
+    import comfy.model_management
+
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
 def encode_faces(bundle, image, insightface, *, clip_vision=None, image_negative=None, choice="largest",
                  on_missing: str = "error", batch_size: int = 0):
     """Embeds of the faces found in `image` (images without a face dropped; None when no image has one) and the aligned crops.
@@ -102,6 +118,12 @@ def encode_face_frames(bundle, image, insightface, *, clip_vision=None, image_ne
     an image without a face keeps its place instead of being dropped: it borrows the first found face's
     features, and `face_frame_weights` gives its frame weight 0."""
     spec = bundle.spec
+    if not spec.kind.uses_face:
+        raise ValueError(
+            f"{bundle.name} is not a FaceID adapter (it is {spec.variant}, which reads CLIP image features, not a face "
+            "identity): use Apply IPAdapter for it, or give this node a FaceID adapter (ip-adapter-faceid*, or the Unified "
+            "Loader's FaceID presets)"
+        )
     faces = _faceid.analyze(face_analyzer(bundle, insightface), image, crop_size=spec.face_crop_size or 224, choice=choice, on_missing=on_missing)
     keep = faces.found
     crops = faces.crops

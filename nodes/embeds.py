@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from pathlib import Path
 
-from ..ipadapter_core import COMBINE_METHODS, combine, concat, embeds_io, scaled
+from ..ipadapter_core import COMBINE_METHODS, combine, concat, embeds_io, safe_load, scaled
 from ..ipadapter_core.embeds_io import FORMAT
-from . import _docs, _pipeline
+from . import _docs, _folders, _pipeline
+from ._base import CheckedNode
 
 EMBEDS_SUFFIXES = (".safetensors", ".ipadpt")
 
 
-class Encode:
+class Encode(CheckedNode):
     DESCRIPTION = (
         "Encodes reference images for an adapter into embeds: the encoder features of each image plus the negative the "
         "reference implementation uses (or your image_negative). Embeds can be combined, saved, loaded and applied with "
@@ -59,7 +58,7 @@ class Encode:
         return (scaled(embeds, weight),)
 
 
-class CombineEmbeds:
+class CombineEmbeds(CheckedNode):
     DESCRIPTION = (
         "Merges up to five embeds. All references are gathered in order, then combined: concat keeps them all (Apply can "
         "still combine them later), the other methods merge them into one reference."
@@ -86,7 +85,7 @@ class CombineEmbeds:
         return (combine(concat(items), method),)
 
 
-class SaveEmbeds:
+class SaveEmbeds(CheckedNode):
     DESCRIPTION = "Saves embeds to the output folder as .safetensors with metadata (encoder, output kind, shapes); Load Embeds lists them."
     CATEGORY = f"{_docs.CATEGORY}/embeds"
     RETURN_TYPES = ()
@@ -115,7 +114,7 @@ class SaveEmbeds:
         return {"ui": {"embeds": [{"filename": path.name, "subfolder": subfolder, "type": "output"}]}}
 
 
-class LoadEmbeds:
+class LoadEmbeds(CheckedNode):
     DESCRIPTION = (
         "Loads embeds saved by Save Embeds (from the output folder, marked [output]) or placed in the input folder, and "
         "legacy .ipadpt files (read without running code)."
@@ -132,22 +131,46 @@ class LoadEmbeds:
 
     @classmethod
     def IS_CHANGED(cls, embeds):
-        path = _annotated(embeds)
-        return f"{path}:{os.path.getmtime(path)}" if os.path.exists(path) else embeds
+        path = embeds_file(embeds)
+        return f"{path}:{os.path.getmtime(path)}" if path is not None else embeds
 
     @classmethod
     def VALIDATE_INPUTS(cls, embeds):
-        path = _annotated(embeds)
-        return True if os.path.isfile(path) else f"embeds file not found: {embeds} (looked at {path})"
+        return True if embeds_file(embeds) is not None else _not_found(embeds)
 
     def load(self, embeds):
-        return (embeds_io.load_embeds(_annotated(embeds)),)
+        path = embeds_file(embeds)
+        if path is None:
+            raise FileNotFoundError(_not_found(embeds))
+        return (embeds_io.load_embeds(path),)
 
 
-def _annotated(name: str) -> str:
+_FOLDERS = {"": "get_input_directory", " [input]": "get_input_directory", " [output]": "get_output_directory"}
+
+
+def embeds_file(name) -> Path | None:
+    """The file a Load Embeds name means: inside the input folder, or the output folder for ' [output]'; else None.
+
+    Absolute paths, `..`, NUL bytes, drive letters, other annotations and other suffixes are None, like a missing
+    file, so the answer says nothing about files outside these folders.
+    """
     import folder_paths
 
-    return folder_paths.get_annotated_filepath(name)
+    if not isinstance(name, str):
+        return None
+    tag = next((t for t in (" [output]", " [input]") if name.endswith(t)), "")
+    plain = name[: len(name) - len(tag)]
+    if Path(plain).suffix.lower() not in EMBEDS_SUFFIXES:
+        return None
+    return _folders.file_in(getattr(folder_paths, _FOLDERS[tag])(), plain)
+
+
+def _not_found(name) -> str:
+    return (
+        f"embeds file not found: {name}. Load Embeds reads .safetensors and .ipadpt files from the input folder, or "
+        "from the output folder when the name ends in ' [output]'. Save embeds with Save Embeds (or put the file into "
+        "ComfyUI's input folder) and refresh the page."
+    )
 
 
 def list_embeds() -> list[str]:
@@ -166,13 +189,10 @@ def list_embeds() -> list[str]:
 
 
 def _is_embeds(path: Path) -> bool:
-    """Read only the safetensors header to tell our embeds from other .safetensors files."""
+    """Read only the safetensors header (length checked first) to tell our embeds from other .safetensors files."""
     try:
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            if size > 1_000_000:
-                return False
-            header = json.loads(f.read(size))
-        return header.get("__metadata__", {}).get("format") == FORMAT
-    except (OSError, ValueError, struct.error):
+        header = safe_load.read_safetensors_header(path, what="embeds", limit=1_000_000)
+        meta = header.get("__metadata__")
+        return isinstance(meta, dict) and meta.get("format") == FORMAT
+    except (OSError, ValueError):
         return False

@@ -6,7 +6,7 @@ import logging
 
 from ..ipadapter_core.faces import PACK_FILES
 from . import _docs, _faceid, _folders, _pipeline
-from ._base import ApplyNode
+from ._base import ApplyNode, CheckedNode
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def face_choice(face_selection: str, face_index: int):
     return "largest" if face_selection == "largest" else int(face_index)
 
 
-class InsightFaceLoader:
+class InsightFaceLoader(CheckedNode):
     DESCRIPTION = (
         "Loads an InsightFace model pack (detection and recognition only) from models/insightface/models/<pack>/ or an "
         "`insightface:` folder of extra_model_paths.yaml. Never downloads: a missing or misplaced pack gives an error "
@@ -110,7 +110,7 @@ class ApplyFaceID(ApplyNode):
                                 kolors_scale=weight_kolors), crops)
 
 
-class FaceIDLoRA:
+class FaceIDLoRA(CheckedNode):
     DESCRIPTION = (
         "Applies the FaceID LoRA to a model: the one embedded in the adapter file, or a separate *_lora.safetensors "
         "file from models/loras. Reversible like any ComfyUI LoRA; Apply FaceID then does not apply it again."

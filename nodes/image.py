@@ -5,9 +5,10 @@ from __future__ import annotations
 from ..ipadapter_core import CROP_POSITIONS, INTERPOLATIONS, prep_image
 from ..ipadapter_core.noise import GAUSSIAN_STD, MAX_BLUR, MAX_SEED, NOISE_TYPES, noise_image
 from . import _docs
+from ._base import CheckedNode
 
 
-class PrepImage:
+class PrepImage(CheckedNode):
     DESCRIPTION = (
         "Prepares reference images for a CLIP vision encoder: resizes to its input size (224, or 336 for Kolors) and "
         "crops the part you choose, or pads to a square so nothing is cut, with optional sharpening. Without it the "
@@ -38,7 +39,7 @@ class PrepImage:
         return (prep_image(image, int(size), crop_position=crop_position, interpolation=interpolation, sharpening=sharpening),)
 
 
-class Noise:
+class Noise(CheckedNode):
     DESCRIPTION = (
         "Makes a noisy 224-px image to connect to Apply IPAdapter's image_negative: the negative (CFG) pass then "
         "steers away from noise or from a scrambled copy of the reference instead of from an empty image, which can "

@@ -6,9 +6,10 @@ from ..ipadapter_core import Family, presets
 from ..ipadapter_core.checkpoint import OVERRIDES
 from . import _adapters, _clip, _docs, _faceid, _folders, _unet
 from ._adapters import AdapterBundle
+from ._base import CheckedNode
 
 
-class ModelLoader:
+class ModelLoader(CheckedNode):
     DESCRIPTION = (
         "Loads an IP-Adapter file (.safetensors or .bin) from models/ipadapter and detects which adapter it is from its "
         "tensors. A file is loaded once and shared by every node that uses it."
@@ -46,7 +47,7 @@ class ModelLoader:
         return (AdapterBundle(_adapters.load_adapter_cached(path, override)),)
 
 
-class UnifiedLoader:
+class UnifiedLoader(CheckedNode):
     DESCRIPTION = (
         "Picks the adapter file for a preset and the model's family (SD1.5 or SDXL) from models/ipadapter, and the CLIP "
         "vision model it needs from models/clip_vision, by tolerant file-name matching (case, '-', '_' and '.' do not "

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..ipadapter_core.regions import Region, RegionalParams
 from . import _docs, _pipeline
 from ._adapters import AdapterBundle
-from ._base import ApplyNode
+from ._base import ApplyNode, CheckedNode
 
 PARAMS = "IPAKIT_PARAMS"
 CATEGORY = f"{_docs.CATEGORY}/params"
@@ -26,7 +26,7 @@ def _mask_conditioning(conditioning: list | None, mask, strength: float) -> list
             for tensor, extra in conditioning]
 
 
-class RegionalConditioning:
+class RegionalConditioning(CheckedNode):
     DESCRIPTION = (
         "Describes one region of a regional image prompt: a reference image, the mask it acts in, its weight, weight "
         "type and start/end. Also masks this region's text prompts (positive, negative) to the same mask, as core "
@@ -101,7 +101,7 @@ class RegionalConditioning:
         )
 
 
-class CombineParams:
+class CombineParams(CheckedNode):
     DESCRIPTION = (
         "Joins the regions of up to five regional params into one, in input order (params_1's regions first), for "
         "Apply IPAdapter from Params. Outputs of Combine Params can be combined again."

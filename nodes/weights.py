@@ -14,6 +14,7 @@ from ..ipadapter_core.frames import (
     prompt_schedule,
 )
 from . import _docs
+from ._base import CheckedNode
 
 STRATEGY = "IPAKIT_WEIGHTS_STRATEGY"
 CATEGORY = f"{_docs.CATEGORY}/weights"
@@ -51,7 +52,7 @@ def _frame_count(default: int, tooltip: str) -> tuple:
     return ("INT", {"default": default, "min": 0, "max": MAX_FRAMES, "step": 1, "tooltip": tooltip})
 
 
-class Weights:
+class Weights(CheckedNode):
     DESCRIPTION = (
         "Builds one IP-Adapter weight per frame for an animation (AnimateDiff or a video model): from a list you type, "
         "or eased from the first to the last value over a number of frames, trimmed and padded, then laid out over "
@@ -141,7 +142,7 @@ class Weights:
         return _frame_outputs(strategy, image)
 
 
-class WeightsFromStrategy:
+class WeightsFromStrategy(CheckedNode):
     DESCRIPTION = (
         "Rebuilds the outputs of an IPAdapter Weights node from its strategy for another image batch: the same schedule "
         "and method, laid out over these images."
@@ -160,7 +161,7 @@ class WeightsFromStrategy:
         return _frame_outputs(weights_strategy, image)
 
 
-class PromptScheduleFromWeightsStrategy:
+class PromptScheduleFromWeightsStrategy(CheckedNode):
     DESCRIPTION = (
         "Writes a batch prompt schedule (the AnimateDiff / FizzNodes text of \"frame\": \"prompt\" lines) that changes "
         "prompt where the weight schedule changes reference image: one prompt per line, one line per image."
@@ -192,7 +193,7 @@ class PromptScheduleFromWeightsStrategy:
         return (prompt_schedule(weights_strategy, prompt),)
 
 
-class CombineWeights:
+class CombineWeights(CheckedNode):
     DESCRIPTION = (
         "Joins two weight schedules (or single weights) into one list, the first one's frames before the second's, "
         "for a longer animation made of two schedules."
