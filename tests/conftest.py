@@ -96,10 +96,18 @@ class SharedModels:
 _SHARED = SharedModels()
 
 
+def _order(item) -> int:
+    """0: in process; 1: a module's own server (`OWN_SERVER = True` in the module); 2: the session server."""
+    if "server" not in getattr(item, "fixturenames", ()):
+        return 0
+    return 1 if getattr(getattr(item, "module", None), "OWN_SERVER", False) else 2
+
+
 def pytest_collection_modifyitems(items):
-    """Tests that use the server run last (in their own order): the server's models and the in-process ones are
-    then never resident together, which keeps the suite's peak memory at one of them."""
-    items.sort(key=lambda item: "server" in getattr(item, "fixturenames", ()))
+    """Tests that use a server run last (in their own order), those with a server of their own module before the
+    session server starts: the server's models and the in-process ones, or two servers, are then never resident
+    together, which keeps the suite's peak memory at one of them."""
+    items.sort(key=_order)
 
 
 def pytest_runtest_setup(item):

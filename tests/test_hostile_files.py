@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".ipadpt")
 FACEID = "ip-adapter-faceid_sd15.safetensors"
 TORCH_ADVICE = ("weights_only", "Weights only", "arbitrary code")
+OWN_SERVER = True  # conftest: these server tests run before the session server starts (never two at once)
 
 
 # hostile and damaged files
