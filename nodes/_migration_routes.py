@@ -108,15 +108,30 @@ def register_node_replacements() -> int:
     api = getattr(ComfyAPI(), "node_replacement", None) if replace is not None else None
     if api is None or not hasattr(api, "register"):
         return 0
+    accepted = _parameters(replace)
     count = 0
     for mapping in node_replacements():
         try:
-            _finish(api.register(replace(**mapping)))
+            # releases differ in the fields they take (old_widget_ids came later): pass those this host knows
+            _finish(api.register(replace(**{k: v for k, v in mapping.items() if accepted is None or k in accepted})))
             count += 1
         except Exception:  # an API that changed shape must not stop the pack from loading
             log.warning("IPAdapter Kit: could not register the node replacement for %s", mapping["old_node_id"], exc_info=True)
             break
     return count
+
+
+def _parameters(cls) -> set[str] | None:
+    """The keyword names `cls(...)` takes; None when it takes any (or cannot be inspected)."""
+    import inspect
+
+    try:
+        params = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
 
 
 def _finish(result) -> None:

@@ -331,8 +331,8 @@ CATALOGUE = [
     ("lora_strength -50", _embeds_apply(lora_strength=-50.0), "13", r"lora_strength = -50 is outside its range from 0 to 2"),
     ("weight_kolors NaN", _embeds_apply(weight_kolors=NAN), "13", r"weight_kolors is nan"),
     ("weight_faceidv2 inf", _embeds_apply(weight_faceidv2=INF), "13", r"weight_faceidv2 is inf"),
-    ("embeds of a NaN image", lambda p: (_embeds_apply()(p), p["14"]["inputs"].update(image=_nan_image(p))), "13",
-     r"clip features\) holds \d+ NaN .*encode the images again"),
+    ("embeds of a NaN image", lambda p: (_embeds_apply()(p), p["14"]["inputs"].update(image=_nan_image(p))), "14",
+     r"image holds 12288 NaN .*fix the node that produced it"),  # refused by the Encode node, where it enters
     ("tiled sharpening NaN", _swap_apply("IPAKitApplyTiled", sharpening=NAN), "13",
      r"sharpening is nan, not a finite number; give a plain number from 0 to 1"),
     ("enhance_ratio NaN", _swap_apply("IPAKitApplyClipVisionEnhancer", enhance_tiles=2, enhance_ratio=NAN), "13",

@@ -372,3 +372,28 @@ def test_the_converter_needs_only_the_standard_library():
              "print(','.join(sorted({m.split('.')[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names))))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=_host.REPO, capture_output=True, text=True, check=True).stdout
     assert set(out.strip().split(",")) - {""} == {"ipadapter_core"}
+
+
+def test_node_replacement_fields_follow_the_hosts_signature(comfy):
+    """ComfyUI releases differ: NodeReplace took old_widget_ids only from some release on. No reachable ComfyUI has
+    the registration API, so the two published signatures are written out here."""
+    from importlib import import_module
+
+    routes = import_module(f"{comfy.pack.__name__}.nodes._migration_routes")
+
+    class Early:
+        def __init__(self, new_node_id, old_node_id, input_mapping=None, output_mapping=None):
+            pass
+
+    class Later:
+        def __init__(self, new_node_id, old_node_id, old_widget_ids=None, input_mapping=None, output_mapping=None):
+            pass
+
+    class Open:
+        def __init__(self, **fields):
+            pass
+
+    assert routes._parameters(Early) == {"new_node_id", "old_node_id", "input_mapping", "output_mapping"}
+    assert routes._parameters(Later) == routes._parameters(Early) | {"old_widget_ids"}
+    assert routes._parameters(Open) is None
+    assert set(routes.node_replacements()[0]) == routes._parameters(Later)

@@ -193,13 +193,13 @@ def test_clear_errors(pipe, models_dir):
         region(pipe, mask=torch.zeros(1, 64, 64))
     with pytest.raises(ValueError, match="a region takes one mask, got a batch of 2"):
         region(pipe, mask=torch.ones(2, 64, 64))
-    with pytest.raises(ValueError, match=r"attention mask must be \[H, W\]"):
+    with pytest.raises(ValueError, match=r"^mask has shape \(1, 2, 64, 64\); a mask is \[H, W\], \[B, H, W\] or \[B, 1, H, W\]"):
         region(pipe, mask=torch.ones(1, 2, 64, 64))
     with pytest.raises(ValueError, match=r"image: expected a batch of images \[B, H, W, C\]"):
         region(pipe, image=torch.rand(224, 224, 3))
     with pytest.raises(ValueError, match="weight_type: unknown type 'sideways'"):
         region(pipe, weight_type="sideways")
-    with pytest.raises(ValueError, match="item 2 is 'x', not a finite number"):
+    with pytest.raises(ValueError, match=r"^image_weight \(item 1\) is 'x', not a number"):
         region(pipe, image_weight=[1.0, "x"])
     faceid = pipe.comfy.outputs("IPAKitModelLoader", ipadapter_file=_host.ensure_ipadapter("faceid_sd15", models_dir).name)[0]
     with pytest.raises(ValueError, match="is a FaceID adapter, which regional params do not drive"):
