@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import time
 import urllib.request
@@ -369,15 +370,22 @@ def test_bad_inputs_through_the_server_are_named_and_the_server_keeps_serving(sr
                     client.queue(prompt)
                 message = str(rejected.value)
             else:
-                with pytest.raises(ExecutionFailed) as failed:
-                    client.run(prompt, timeout=600)
+                try:
+                    with pytest.raises(ExecutionFailed) as failed:
+                        client.run(prompt, timeout=600)
+                except PromptRejected as early:
+                    # a newer host checks declared ranges of optional inputs itself, at queue time: fine when its
+                    # answer is about this node and names the input
+                    named = re.match(r"[a-z_]+", pattern).group(0)
+                    assert node in early.node_errors and named in json.dumps(early.node_errors), (case, str(early))
+                    failed = None
+            if node != "queue" and failed is not None:
                 assert failed.value.node_id == node, f"failed at node {failed.value.node_id}, not {node}"
                 assert not failed.value.interrupted
                 message = failed.value.exception_message
                 assert failed.value.exception_type.endswith("ValueError"), failed.value.exception_type
-            import re
-
-            assert re.search(pattern, message), f"message {message!r} does not match {pattern!r}"
+            if node == "queue" or failed is not None:
+                assert re.search(pattern, message), f"message {message!r} does not match {pattern!r}"
         except AssertionError as e:
             problems.append(f"{case}: {e}")
         # the server keeps serving: the next good prompt (a new seed: the sampler runs again) succeeds
