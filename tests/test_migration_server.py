@@ -182,10 +182,14 @@ def test_the_frontend_converts_an_old_workflow_on_load_and_queues_it(ready, rend
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.set_default_timeout(BROWSER_TIMEOUT_MS)
             errors = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on("pageerror", lambda error: errors.append(str(error) + " @ " + (error.stack or "")[:600]))
             page.goto(ready.url, wait_until="load")
             page.wait_for_function("() => window.app && app.graph && (app.extensions || [])"
                                    ".some(e => e.name === 'ipadapter_kit.migration')")
+            # errors while the page starts count only when they come from our extension: the current frontend
+            # (1.27.10, ComfyUI 0.3.64) throws one of its own in a setting's onChange, with or without this pack
+            assert not [e for e in errors if "ipadapter_kit" in e], errors
+            errors.clear()
             page.set_input_files("#comfy-file-input", str(path))
             page.wait_for_selector("#ipakit-migration-report")
             types = set(page.evaluate("() => app.graph._nodes.map(n => n.type)"))
