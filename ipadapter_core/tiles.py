@@ -185,6 +185,15 @@ def merge_positions(embeds: ImageEmbeds, tiles: Tiles, method: str) -> tuple[Ima
     return concat(merged), masks[0]
 
 
+def unfold_positions(embeds: ImageEmbeds, tiles: Tiles) -> list[tuple[ImageEmbeds, torch.Tensor]]:
+    """For unfolding a batch over latent frames: per tile position, the embeds of that position's tile of every
+    reference (reference i for latent frame i) and their masks (one per reference, so one per frame)."""
+    positions = len(tiles.layout.origins)
+    if embeds.count != len(tiles.reference):
+        raise ValueError(f"{embeds.count} embeds for {len(tiles.reference)} tiles; encode each tile once")
+    return [(_rows(embeds, slice(p, None, positions)), tiles.masks[p::positions]) for p in range(positions)]
+
+
 def _rows(embeds: ImageEmbeds, rows: slice) -> ImageEmbeds:
     """The embeds of some references."""
     pick = lambda features: {k: v[rows] for k, v in features.items()}  # noqa: E731

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..ipadapter_core.tiles import cut_tiles, merge_positions
+from ..ipadapter_core.tiles import cut_tiles, merge_positions, unfold_positions
 from . import _docs, _pipeline
 from ._base import ApplyNode
 
@@ -12,7 +12,13 @@ _COMBINE_TOOLTIP = (
     "How several reference images (a batch) are merged, tile by tile. concat: every tile of every reference is its own "
     "image prompt with its own mask. Any other method merges the references' tiles at the same position into one "
     "(add, subtract, average, ...), applied with that position's mask; the references then need one shared attn_mask. "
-    "With one reference every method gives the same result."
+    "With one reference every method gives the same result. Not used with unfold_batch."
+)
+_UNFOLD_TOOLTIP = (
+    "For animation (a batch of latent frames): latent frame i gets the tiles of the i-th reference image alone, each "
+    "in its own region (the last image repeats when there are fewer images than frames; extra images are unused), "
+    "with attn_mask's i-th mask when it has one per image. combine_embeds is then not used. IPAdapter Plus's "
+    "'IPAdapter Tiled Batch' is this node with unfold_batch on."
 )
 
 
@@ -68,11 +74,12 @@ class ApplyTiled(ApplyNode):
                 ),
                 "block_weights": _docs.BLOCK_WEIGHTS,
                 "encode_batch_size": _docs.ENCODE_BATCH_SIZE,
+                "unfold_batch": (_docs.UNFOLD_BATCH[0], {**_docs.UNFOLD_BATCH[1], "tooltip": _UNFOLD_TOOLTIP}),
             },
         }
 
     def apply(self, model, ipadapter, image, sharpening, clip_vision=None, image_negative=None, attn_mask=None,
-              encode_batch_size=0, **options):
+              encode_batch_size=0, unfold_batch=False, **options):
         tiles = cut_tiles(image, attn_mask=attn_mask, sharpening=sharpening)
         settings = self.settings(options)
         if _pipeline.changes_nothing_on(model, settings):
@@ -81,6 +88,11 @@ class ApplyTiled(ApplyNode):
             image_negative = tiles.per_tile(image_negative, "negative images")
         embeds = _pipeline.encode(ipadapter, tiles.images, clip_vision=clip_vision, image_negative=image_negative,
                                   batch_size=encode_batch_size or 0)
+        if unfold_batch:  # one prompt per tile position, its tiles unfolded over the frames
+            settings = dataclasses.replace(settings, unfold_batch=True, combine_embeds="concat")
+            prompts = [_pipeline.Prompt(ipadapter, rows, dataclasses.replace(settings, attn_mask=masks), clip_vision=clip_vision)
+                       for rows, masks in unfold_positions(embeds, tiles)]
+            return (_pipeline.apply_all(model, prompts), tiles.images, tiles.masks)
         embeds, masks = merge_positions(embeds, tiles, settings.combine_embeds)
         settings = dataclasses.replace(settings, attn_mask=masks, combine_embeds="concat")  # one segment and mask per embed
         return (_pipeline.apply(model, ipadapter, embeds, settings, clip_vision=clip_vision), tiles.images, tiles.masks)

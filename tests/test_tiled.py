@@ -189,7 +189,7 @@ def test_the_node_is_registered_with_tiles_and_masks_outputs(comfy):
     assert cls.CATEGORY == "ipadapter_kit/tiled" and cls.RETURN_TYPES == ("MODEL", "IMAGE", "MASK")
     required = cls.INPUT_TYPES()["required"]
     assert list(required)[3:] == [*APPLY, "sharpening"]
-    assert "unfold_batch" not in cls.INPUT_TYPES()["optional"]
+    assert list(cls.INPUT_TYPES()["optional"])[-1] == "unfold_batch"  # after the existing ones: saved widgets keep their places
 
 
 def test_the_tiled_node_equals_apply_with_its_tiles_as_masked_references(pipe):
@@ -234,3 +234,20 @@ def test_a_batch_of_identical_references_averaged_is_one_reference(pipe):
 def test_weight_zero_returns_the_model_itself_with_the_tiles(pipe):
     model, tiles, masks = tiled(pipe, WIDE, weight=0.0)
     assert model is pipe.model and tiles.shape == (3, TILE, TILE, 3) and masks.shape == (3, 256, 640)
+
+
+def test_unfolded_tiles_equal_one_unfolded_apply_per_tile_position(pipe):
+    """IPAdapter Plus's Tiled Batch: latent frame i gets reference i's tiles, each in its region. That is, per tile
+    position, Apply with that position's tile of every reference, unfolded, with their masks, chained."""
+    refs = torch.cat([WIDE, rand(1, 112, 280, 3, seed=9)])
+    model, tiles, masks = tiled(pipe, refs, unfold_batch=True)
+    assert tiles.shape[0] == 6 and masks.shape[0] == 6
+    chained = pipe.model
+    for p in range(3):
+        chained = pipe.apply(model=chained, image=tiles[p::3], attn_mask=masks[p::3], unfold_batch=True)
+    out = pipe.eps(model, batch=2)
+    assert torch.allclose(out, pipe.eps(chained, batch=2), atol=1e-5)
+    frame = lambda t, f: t.view(2, 2, *t.shape[1:])[:, f]  # noqa: E731 (rows: cond frames 0, 1, then uncond)
+    solo = [tiled(pipe, refs[f : f + 1])[0] for f in range(2)]
+    assert all(torch.allclose(frame(out, f), frame(pipe.eps(solo[f], batch=2), f), atol=1e-4) for f in range(2))
+    assert (frame(out, 0) - frame(out, 1)).abs().max() > 1e-3

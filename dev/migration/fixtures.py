@@ -10,7 +10,7 @@ Together the fixtures hold every one of the 37 old ids:
   embeds (encode, load a legacy .ipadpt, combine, save), noise, prep, weights, regional params;
 - `faceid` runs with the FaceID Plus v2 and InsightFace stand-ins;
 - `kolors` needs a Kolors UNet, which ComfyUI has none of: converted and checked against /object_info only;
-- `tiled_batch` holds the one id without an equivalent yet: it must be kept and reported;
+- `tiled_batch` runs the Tiled Batch node (Apply Tiled with unfold_batch) on a batch of two latents;
 - `api_route`, small and runnable, is queued with the old ids (the compatibility nodes) and converted, bit for bit.
 """
 
@@ -30,7 +30,7 @@ STAND_INS = {  # the stand-in adapters each fixture needs (dev.standins.ipadapte
     "tiled_batch": (),
     "api_route": (),
 }
-RUNNABLE = ("sd15", "faceid", "api_route")  # queued converted; api_route also with the old ids, bit for bit
+RUNNABLE = ("sd15", "faceid", "tiled_batch", "api_route")  # queued converted; api_route also with the old ids, bit for bit
 
 
 def legacy_info() -> dict:
@@ -64,12 +64,13 @@ def class_info(cls) -> dict:
 _SE = dict(start_at=0.0, end_at=1.0)
 
 
-def _sample(gr: g.Graph, model, clip, vae, *, col: int, prefix: str, positive=None, negative=None, text: str = "a cat"):
+def _sample(gr: g.Graph, model, clip, vae, *, col: int, prefix: str, positive=None, negative=None, text: str = "a cat",
+            batch: int = 1):
     if positive is None:
         positive = gr.add("CLIPTextEncode", col, text=text, clip=clip)[0]
     if negative is None:
         negative = gr.add("CLIPTextEncode", col, text="blurry", clip=clip)[0]
-    latent = gr.add("EmptyLatentImage", col, width=64, height=64, batch_size=1)
+    latent = gr.add("EmptyLatentImage", col, width=64, height=64, batch_size=batch)
     sampler = gr.add("KSampler", col + 1, model=model, seed=7, steps=1, cfg=5.0, sampler_name="euler", scheduler="normal",
                      denoise=1.0, positive=positive, negative=negative, latent_image=latent[0])
     image = gr.add("VAEDecode", col + 2, samples=sampler[0], vae=vae)
@@ -203,11 +204,12 @@ def api_route() -> g.Graph:
 def tiled_batch() -> g.Graph:
     gr = g.Graph()
     ckpt = gr.add("CheckpointLoaderSimple", 0, ckpt_name=names.SD15_CHECKPOINT)
-    ref = gr.add("LoadImage", 0, image=REF_STYLE)
+    style, subject = gr.add("LoadImage", 0, image=REF_STYLE), gr.add("LoadImage", 0, image=REF_SUBJECT)
+    refs = gr.add("ImageBatch", 1, image1=style[0], image2=subject[0])  # latent frame i tiles reference i
     loader = gr.add("IPAdapterUnifiedLoader", 1, model=ckpt[0], preset="PLUS (high strength)")
-    m = gr.add("IPAdapterTiledBatch", 2, model=loader[0], ipadapter=loader[1], image=ref[0], weight=0.7, weight_type="linear",
+    m = gr.add("IPAdapterTiledBatch", 2, model=loader[0], ipadapter=loader[1], image=refs[0], weight=0.7, weight_type="linear",
                **_SE, sharpening=0.2, embeds_scaling="V only", encode_batch_size=0)[0]
-    _sample(gr, m, ckpt[1], ckpt[2], col=3, prefix="ipakit_migrated_tiled_batch")
+    _sample(gr, m, ckpt[1], ckpt[2], col=3, prefix="ipakit_migrated_tiled_batch", batch=2)
     return gr
 
 

@@ -119,6 +119,7 @@ NODES: dict[str, tuple[tuple[tuple, ...], tuple[tuple[str, str], ...]]] = {
             ('attn_mask', 'MASK'),
             ('block_weights', 'STRING', ''),
             ('encode_batch_size', 'INT', 0),
+            ('unfold_batch', 'BOOLEAN', False),
         ),
         (('MODEL', 'model'), ('IMAGE', 'tiles'), ('MASK', 'masks')),
     ),

@@ -215,8 +215,7 @@ PLANS: dict[str, Plan] = {
     "IPAAdapterFaceIDBatch": _faceid(fixed=UNFOLD, notes=UNFOLD_NOTES),
     "IPAdapterFaceIDKolors": _faceid(),
     "IPAdapterTiled": Plan("IPAKitApplyTiled", notes=APPLY_NOTES),
-    "IPAdapterTiledBatch": Plan(None, missing="IPAdapter Kit's Apply IPAdapter Tiled has no unfold_batch yet (each latent "
-                                "frame tiling its own reference); the node is kept as it is"),
+    "IPAdapterTiledBatch": Plan("IPAKitApplyTiled", fixed=UNFOLD, notes=UNFOLD_NOTES),
     "IPAdapterEmbeds": Plan("IPAKitApplyEmbeds", rename={"pos_embed": "embeds", "neg_embed": "neg_embeds"},
                             notes=(MIDDLE, MASK_BATCH, EMBEDS_NEGATIVE)),
     "IPAdapterEmbedsBatch": Plan("IPAKitApplyEmbeds", rename={"pos_embed": "embeds", "neg_embed": "neg_embeds"}, fixed=UNFOLD,
