@@ -102,6 +102,11 @@ def test_the_fixtures_hold_all_37_ids_in_both_formats(rendered):
     assert any(s.get("widget") == {"name": "weight"} and s["link"] for s in batch["inputs"])  # a widget driven by a link
 
 
+def test_the_fixtures_hold_every_id_and_the_runnable_ones_queue_every_id(rendered):
+    assert set().union(*(fixtures.old_ids(rendered[name][1]) for name in fixtures.FIXTURES)) == set(legacy.NODES)
+    assert set().union(*(fixtures.old_ids(rendered[name][1]) for name in fixtures.RUNNABLE)) == set(legacy.NODES)
+
+
 @pytest.mark.parametrize("name", list(fixtures.FIXTURES))
 def test_ui_and_api_fixtures_convert_to_the_same_prompt_of_core_and_our_nodes(name, rendered, core):
     ui, api = rendered[name]

@@ -190,7 +190,7 @@ def test_the_frontend_converts_an_old_workflow_on_load_and_queues_it(ready, rend
             types = set(page.evaluate("() => app.graph._nodes.map(n => n.type)"))
             assert not types & set(migration.LEGACY) and "IPAKitApplyFaceID" in types, types
             assert page.locator(".comfy-missing-nodes").count() == 0, "a missing-node dialog is shown"
-            assert "6 IPAdapter Plus node(s) converted" in page.inner_text("#ipakit-migration-report .ipakit-summary")
+            assert "7 IPAdapter Plus node(s) converted" in page.inner_text("#ipakit-migration-report .ipakit-summary")
             assert page.evaluate("() => LiteGraph.registered_node_types['IPAdapterFaceID'].skip_list === true")
             page.screenshot(path=str(tmp_path / "converted.png"))
             with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST") as posted:

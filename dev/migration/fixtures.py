@@ -8,8 +8,9 @@ converted to inputs where a link drives them, KSampler's control_after_generate)
 Together the fixtures hold every one of the 37 old ids:
 - `sd15` runs on the stand-in SD1.5 models: loaders (chained, community, file), 16 apply nodes on one model,
   embeds (encode, load a legacy .ipadpt, combine, save), noise, prep, weights, regional params;
-- `faceid` runs with the FaceID Plus v2 and InsightFace stand-ins;
+- `faceid` runs with the FaceID Plus v2 and InsightFace stand-ins (the Kolors FaceID node included, on SD1.5);
 - `kolors` needs a Kolors UNet, which ComfyUI has none of: converted and checked against /object_info only;
+  with `faceid` every one of the 37 ids is queued on the test server;
 - `tiled_batch` runs the Tiled Batch node (Apply Tiled with unfold_batch) on a batch of two latents;
 - `api_route`, small and runnable, is queued with the old ids (the compatibility nodes) and converted, bit for bit.
 """
@@ -161,6 +162,11 @@ def faceid() -> g.Graph:
                weight=0.4, weight_type="linear", combine_embeds="concat", **_SE, embeds_scaling="V only")[0]
     m = gr.add("IPAdapterMS", 3, model=m, ipadapter=loader[1], image=face[0], weight=0.3, weight_faceidv2=1.0, weight_type="linear",
                combine_embeds="concat", **_SE, embeds_scaling="V only", layer_weights="", insightface=insightface[0])[0]
+    # the Kolors node on an SD1.5 FaceID adapter (as the older node allowed): weight_kolors acts on Kolors only, so
+    # this fixture queues the id that the kolors fixture (no Kolors UNet in ComfyUI) can only convert
+    m = gr.add("IPAdapterFaceIDKolors", 3, model=m, ipadapter=loader[1], image=face[0], weight=0.3, weight_faceidv2=1.0,
+               weight_type="linear", combine_embeds="concat", **_SE, embeds_scaling="V only", weight_kolors=1.2,
+               insightface=insightface[0])[0]
     gr.add("PreviewImage", 3, images=apply[1])
     _sample(gr, m, ckpt[1], ckpt[2], col=4, prefix="ipakit_migrated_faceid", text="a portrait")
     return gr
