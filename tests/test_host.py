@@ -152,12 +152,12 @@ def test_inprocess_boot_loads_pack_and_core_nodes(comfy):
 
 
 @pytest.mark.slow
-def test_sdxl_small_loads_as_sdxl_with_70_cross_attention_layers(comfy, models_dir, unload):
+def test_sdxl_small_loads_as_sdxl_with_70_cross_attention_layers(comfy, models_dir, sdxl_small_checkpoint):
     from comfy import model_base
     from comfy.ldm.modules import attention
     from safetensors import safe_open
 
-    model, clip, vae = comfy.run("CheckpointLoaderSimple", ckpt_name=names.SDXL_SMALL_CHECKPOINT)
+    model, clip, vae = sdxl_small_checkpoint  # CheckpointLoaderSimple's outputs, shared with the other modules
     assert isinstance(model.model, model_base.SDXL)
     unet = model.model.diffusion_model
     blocks = [m for m in unet.modules() if isinstance(m, attention.BasicTransformerBlock)]
@@ -181,10 +181,10 @@ def test_sdxl_small_loads_as_sdxl_with_70_cross_attention_layers(comfy, models_d
 
 
 @pytest.mark.slow
-def test_clip_vision_vit_h_encodes(comfy, unload):
+def test_clip_vision_vit_h_encodes(comfy, vit_h):
     import torch
 
-    clip_vision, = comfy.run("CLIPVisionLoader", clip_name=names.VIT_H)
+    clip_vision = vit_h  # CLIPVisionLoader's output, shared with the other modules
     assert clip_vision is not None, "CLIPVisionLoader did not recognise the ViT-H file"
     out, = comfy.run("CLIPVisionEncode", clip_vision=clip_vision, image=torch.rand(1, 224, 224, 3))
     assert tuple(out["image_embeds"].shape) == (1, 1024)
@@ -193,10 +193,10 @@ def test_clip_vision_vit_h_encodes(comfy, unload):
 
 
 @pytest.mark.slow
-def test_controlnet_loads_and_changes_the_sample(comfy, unload):
+def test_controlnet_loads_and_changes_the_sample(comfy, sd15_checkpoint, unload):
     import torch
 
-    model, clip, vae = comfy.run("CheckpointLoaderSimple", ckpt_name=names.SD15_CHECKPOINT)
+    model, clip, vae = sd15_checkpoint  # shared: a second full SD1.5 next to it would set the suite's peak memory
     positive, = comfy.run("CLIPTextEncode", text="a photo of a cat", clip=clip)
     negative, = comfy.run("CLIPTextEncode", text="", clip=clip)
     control_net, = comfy.run("ControlNetLoader", control_net_name=names.CONTROLNET_SD15)
