@@ -25,9 +25,9 @@ if str(REPO) not in sys.path:
 from dev.host import setup_env  # noqa: E402 (needs the path above)
 
 SUITE_DISK_GIB = 20
-"""Disk the whole suite needs with an empty `.cache`: the generated stand-in models (about 16 GiB: the
-full-size SD1.5 checkpoint, the SDXL-small checkpoint, CLIP ViT-H, the full-size adapters), the venv, the
-host and the tests' temporary files. Measured on a clean clone (bench/RESULTS.md)."""
+"""Disk the whole suite needs from a clean clone: the generated stand-in models in `.cache` (14 GiB on a clean
+clone, 2026-12-07: the full-size SD1.5 checkpoint, the SDXL-small checkpoint, CLIP ViT-H, the full-size
+adapters), `.venv` (2 GiB), the host, and the tests' temporary files (a few GiB at most), with room to spare."""
 
 
 def _tree_size(path: Path) -> int:
