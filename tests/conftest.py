@@ -97,7 +97,10 @@ _SHARED = SharedModels()
 
 
 def _order(item) -> int:
-    """0: in process; 1: a module's own server (`OWN_SERVER = True` in the module); 2: the session server."""
+    """0: in process; 1: a module's own server (`OWN_SERVER = True` in the module); 2: the session server;
+    3: tests marked `ends_session_server` (they stop it, so nothing may come after them)."""
+    if item.get_closest_marker("ends_session_server"):
+        return 3
     if "server" not in getattr(item, "fixturenames", ()):
         return 0
     return 1 if getattr(getattr(item, "module", None), "OWN_SERVER", False) else 2

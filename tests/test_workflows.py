@@ -243,8 +243,11 @@ def test_failing_nodes_report_clear_errors_and_the_server_keeps_serving(ready, c
 # the README's first command
 
 
+@pytest.mark.ends_session_server
 def test_main_job_sets_up_runs_the_basic_workflow_and_reuses_everything(ready, client, tmp_path):
-    client.free()  # the session server's models out of memory while the demo's own server runs
+    # the main job starts a server of its own: the session server's models must not stay resident beside it
+    # (its cached node outputs hold them, /free or not), so it stops here; conftest runs this test last
+    ready.stop()
     python = shutil.which("python3") or sys.executable
     cmd = [python, "dev/run_main.py", "--models", str(names.MODELS_CACHE), "--work-dir", str(tmp_path / "run")]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "IPAKIT_COMFYUI", "IPAKIT_MODELS")}
