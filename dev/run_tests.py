@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,7 +50,6 @@ def disk_warning(repo: Path = REPO) -> str | None:
     free = shutil.disk_usage(repo).free
     if free >= need:
         return None
-    import tempfile  # pytest's tmp_path lives there; usually the same disk
     return (f"[run_tests] WARNING: {free / 2**30:.1f} GiB free on the disk of {repo} (temporary files: "
             f"{tempfile.gettempdir()}), the suite still needs about {need / 2**30:.1f} GiB; tests that write "
             f"models or start servers will fail with 'No space left on device'. Free some space first.")
