@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from ..ipadapter_core import LoadedAdapter, load_adapter
+from ..ipadapter_core import CheckpointError, LoadedAdapter, load_adapter
+from ..ipadapter_core.dit import formats as dit_formats
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +39,28 @@ _adapters: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _patchers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def load_adapter_cached(path: Path, override: str | None = None) -> LoadedAdapter:
-    """The loaded adapter for a file, shared by every node that uses it while any of them holds it."""
+def load_adapter_cached(path: Path, override: str | None = None) -> LoadedAdapter | dit_formats.DitAdapter:
+    """The loaded adapter for a file, shared by every node that uses it while any of them holds it: an SD1.5/SDXL
+    adapter, or a Flux/SD3.5 one (`DitAdapter`) when the file is not the former."""
     stat = path.stat()
     key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, override)
     with _lock:
         adapter = _adapters.get(key)
         if adapter is None:
-            adapter = load_adapter(path, override=override)
+            try:
+                adapter = load_adapter(path, override=override)
+                what = adapter.spec.describe()
+            except CheckpointError:
+                adapter = dit_formats.load(path)  # the DiT layouts are not SD1.5/SDXL ones: try them only then
+                if adapter is None:
+                    raise
+                what = adapter.describe()
             _adapters[key] = adapter
-            log.info("IPAdapter Kit: loaded %s (%s)", path.name, adapter.spec.describe())
+            log.info("IPAdapter Kit: loaded %s (%s)", path.name, what)
         return adapter
 
 
-def ready_adapter(adapter: LoadedAdapter, device: torch.device, dtype: torch.dtype) -> None:
+def ready_adapter(adapter: LoadedAdapter | dit_formats.DitAdapter, device: torch.device, dtype: torch.dtype) -> None:
     """Put the adapter's weights on `device` in `dtype` under ComfyUI's model management."""
     import comfy.model_management as mm
     import comfy.model_patcher

@@ -1,0 +1,233 @@
+"""Flux image prompts on ComfyUI's own Flux model, against diffusers.
+
+A tiny diffusers `FluxTransformer2DModel` (2 heads of 128, the real RoPE axes) is converted to ComfyUI's layout
+with ComfyUI's own converter and loaded into ComfyUI's Flux class; the XLabs adapter file is applied through the
+pack's Model Loader and Apply nodes (with a tiny ComfyUI CLIP vision model), and the patched ComfyUI model's
+output is compared with the diffusers transformer carrying the same adapter through diffusers' own loader.
+
+The 2024 test host has no Flux hooks (`patches_replace["dit"]`, `optimized_attention_override`), so these tests
+run only against a current ComfyUI (IPAKIT_COMFYUI=<folder>).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from einops import rearrange
+
+from dev.standins.dit_xlabs import write_xlabs
+
+TOL = 1e-4
+HIDDEN, HEADS, CONTEXT, VEC, EMBED = 256, 2, 32, 16, 24
+SUBDIR = "ipakit-dit-tiny"
+
+
+@pytest.fixture(scope="module")
+def host(comfy):
+    import importlib.util
+
+    from comfy.ldm.modules import attention
+
+    source = open(attention.__file__).read()
+    if "optimized_attention_override" not in source or importlib.util.find_spec("comfy.ldm.flux") is None:
+        pytest.skip("this ComfyUI has no Flux block hooks with attention overrides; run with IPAKIT_COMFYUI=<current ComfyUI>")
+    return comfy
+
+
+def perturb(module, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    return module
+
+
+def diffusers_flux(seed=0):
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    model = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=2, num_single_layers=1, attention_head_dim=HIDDEN // HEADS,
+        num_attention_heads=HEADS, joint_attention_dim=CONTEXT, pooled_projection_dim=VEC, guidance_embeds=False,
+        axes_dims_rope=(16, 56, 56),
+    )
+    return perturb(model, seed).eval()
+
+
+def comfy_flux(reference):
+    """ComfyUI's Flux class at the reference's widths, loaded with its weights through ComfyUI's converter."""
+    import comfy.model_detection
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = comfy.supported_models.FluxSchnell({
+        "image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2, "vec_in_dim": VEC,
+        "context_in_dim": CONTEXT, "hidden_size": HIDDEN, "mlp_ratio": 4.0, "num_heads": HEADS, "depth": 2,
+        "depth_single_blocks": 1, "axes_dim": [16, 56, 56], "theta": 10000, "qkv_bias": True, "guidance_embed": False,
+    })
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    sd = {k: v.clone() for k, v in reference.state_dict().items()}  # the converter rewrites some tensors in place
+    sd = comfy.model_detection.convert_diffusers_mmdit(sd, "")
+    missing, unexpected = model.diffusion_model.load_state_dict(sd, strict=False)
+    assert not missing and not unexpected, (missing, unexpected)
+    return comfy.model_patcher.ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def clip_vision(tmp_path_factory):
+    import comfy.clip_vision
+
+    config = {"attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "quick_gelu", "hidden_size": 32, "image_size": 224,
+              "intermediate_size": 64, "layer_norm_eps": 1e-5, "model_type": "clip_vision_model", "num_attention_heads": 2,
+              "num_channels": 3, "num_hidden_layers": 2, "patch_size": 32, "projection_dim": EMBED}
+    path = tmp_path_factory.mktemp("clipv") / "tiny_clip_l.json"
+    path.write_text(json.dumps(config))
+    cv = comfy.clip_vision.ClipVisionModel(str(path))
+    perturb(cv.model, 11)
+    return cv
+
+
+@pytest.fixture(scope="module")
+def xlabs_file(models_dir):
+    return write_xlabs(models_dir / "ipadapter" / SUBDIR / "xlabs-tiny.safetensors", seed=4, tokens=4,
+                       embed_dim=EMBED, width=CONTEXT, inner=HIDDEN, blocks=2)
+
+
+def inputs(batch=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return {"x": torch.randn(batch, 16, 8, 8, generator=g), "t": torch.tensor([0.7] * batch),
+            "context": torch.randn(batch, 5, CONTEXT, generator=g), "y": torch.randn(batch, VEC, generator=g)}
+
+
+def run_comfy(patcher, x, cond_or_uncond=(0, 1)):
+    to = dict(patcher.model_options["transformer_options"])
+    to.update(cond_or_uncond=list(cond_or_uncond), sigmas=x["t"])
+    with torch.no_grad():
+        return patcher.model.diffusion_model(x["x"], x["t"], x["context"], y=x["y"], transformer_options=to)
+
+
+def run_diffusers(model, x, ip_embeds=None):
+    b, _, h, w = x["x"].shape
+    ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 1] = torch.arange(h // 2)[:, None]
+    ids[..., 2] = torch.arange(w // 2)[None, :]
+    kwargs = {} if ip_embeds is None else {"joint_attention_kwargs": {"ip_adapter_image_embeds": [ip_embeds[:, None]]}}
+    with torch.no_grad():
+        out = model(
+            hidden_states=rearrange(x["x"], "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=2, pw=2),
+            encoder_hidden_states=x["context"], pooled_projections=x["y"], timestep=x["t"],
+            img_ids=ids.reshape(-1, 3), txt_ids=torch.zeros(x["context"].shape[1], 3), **kwargs,
+        ).sample
+    return rearrange(out, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=h // 2, ph=2, pw=2)
+
+
+class _Host:
+    """The smallest object diffusers' Flux IP-Adapter loader accepts (only `transformer`)."""
+
+    def __init__(self, transformer):
+        from diffusers.loaders.ip_adapter import FluxIPAdapterMixin
+
+        self.transformer = transformer
+        self.load = lambda *a, **k: FluxIPAdapterMixin.load_ip_adapter(self, *a, **k)
+
+
+def reference_with(xlabs_file, scales):
+    ref = diffusers_flux()
+    _Host(ref).load(str(xlabs_file.parent), weight_name=xlabs_file.name, image_encoder_pretrained_model_name_or_path=None)
+    procs = [p for name, p in ref.attn_processors.items() if name.startswith("transformer_blocks.")]
+    for proc, scale in zip(procs, scales):
+        proc.scale = [scale]
+    return ref
+
+
+def apply(host, patcher, image, clip_vision, **options):
+    bundle = host.run("IPAKitModelLoader", ipadapter_file=f"{SUBDIR}/xlabs-tiny.safetensors")[0]
+    settings = {"weight": 0.8, "start_at": 0.0, "end_at": 1.0, "weight_type": "linear", "combine_embeds": "concat",
+                "embeds_scaling": "V only", **options}
+    return host.run("IPAKitApply", model=patcher, ipadapter=bundle, image=image, clip_vision=clip_vision, **settings)[0]
+
+
+@pytest.fixture(scope="module")
+def image():
+    return torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(2))
+
+
+def test_loader_detects_the_xlabs_file(host, xlabs_file):
+    bundle = host.run("IPAKitModelLoader", ipadapter_file=f"{SUBDIR}/xlabs-tiny.safetensors")[0]
+    assert bundle.adapter.format.value == "XLabs Flux"
+    assert "Flux" in bundle.adapter.describe()
+
+
+def test_patched_comfy_flux_matches_diffusers(host, xlabs_file, clip_vision, image):
+    reference = diffusers_flux()
+    patcher = comfy_flux(reference)
+    x = inputs()
+    plain = run_comfy(patcher, x)
+    torch.testing.assert_close(plain, run_diffusers(reference, x), atol=TOL, rtol=0)  # the same model on both sides
+
+    patched = apply(host, patcher, image, clip_vision)
+    assert "dit" in patched.model_options["transformer_options"]["patches_replace"]
+    assert "patches_replace" not in patcher.model_options["transformer_options"]  # the input model is untouched
+    embeds = clip_vision.encode_image(image)["image_embeds"].float()
+    ip = torch.cat([embeds, torch.zeros_like(embeds)])  # row 0 positive (cond 0), row 1 negative (uncond 1)
+    expected = run_diffusers(reference_with(xlabs_file, [0.8, 0.8]), x, ip)
+    got = run_comfy(patched, x)
+    assert (got - plain).abs().max() > 1e-2
+    assert (got - expected).abs().max() <= TOL
+    assert torch.equal(run_comfy(patcher, x), plain)  # nothing leaked into the unpatched model
+
+
+def test_block_weights_and_chaining(host, xlabs_file, clip_vision, image):
+    reference = diffusers_flux()
+    patcher = comfy_flux(reference)
+    x = inputs()
+    embeds = clip_vision.encode_image(image)["image_embeds"].float()
+    ip = torch.cat([embeds, torch.zeros_like(embeds)])
+    got = run_comfy(apply(host, patcher, image, clip_vision, block_weights="1:0.5"), x)
+    expected = run_diffusers(reference_with(xlabs_file, [0.0, 0.4]), x, ip)
+    assert (got - expected).abs().max() <= TOL
+    twice = apply(host, apply(host, patcher, image, clip_vision, weight=0.5), image, clip_vision, weight=0.3)
+    once = run_comfy(apply(host, patcher, image, clip_vision, weight=0.8), x)
+    assert (run_comfy(twice, x) - once).abs().max() <= 1e-5
+
+
+def test_weight_zero_and_outside_start_end_change_nothing(host, xlabs_file, clip_vision, image):
+    patcher = comfy_flux(diffusers_flux())
+    x = inputs()
+    plain = run_comfy(patcher, x)
+    assert apply(host, patcher, image, clip_vision, weight=0.0) is patcher
+    late = apply(host, patcher, image, clip_vision, start_at=0.5, end_at=1.0)  # sigma 0.7 is before 50 % on Flux
+    assert torch.equal(run_comfy(late, x), plain)
+    early = apply(host, patcher, image, clip_vision, start_at=0.0, end_at=0.5)
+    assert not torch.equal(run_comfy(early, x), plain)
+
+
+def test_a_foreign_block_patch_keeps_running_inside_ours(host, xlabs_file, clip_vision, image):
+    patcher = comfy_flux(diffusers_flux()).clone()
+    calls = []
+
+    def foreign(args, extra):
+        calls.append(1)
+        out = extra["original_block"](args)
+        return {"img": out["img"] * 1.0, "txt": out["txt"]}
+
+    patcher.set_model_patch_replace(foreign, "dit", "double_block", 0)
+    x = inputs()
+    alone = run_comfy(patcher, x)
+    run_comfy(apply(host, patcher, image, clip_vision), x)
+    assert len(calls) == 2  # once alone, once inside our patch
+    assert torch.equal(run_comfy(patcher, x), alone)
+
+
+def test_wrong_model_and_options_are_clear_errors(host, xlabs_file, clip_vision, image, sd15_checkpoint):
+    sd15 = sd15_checkpoint[0]
+    with pytest.raises(Exception, match="for Flux models; this model is"):
+        apply(host, sd15, image, clip_vision)
+    patcher = comfy_flux(diffusers_flux())
+    with pytest.raises(Exception, match="weight_type 'style transfer'"):
+        apply(host, patcher, image, clip_vision, weight_type="style transfer")
+    with pytest.raises(Exception, match="block 7 does not exist"):
+        apply(host, patcher, image, clip_vision, block_weights="7:1")
