@@ -79,6 +79,13 @@ def ready_adapter(adapter: LoadedAdapter | dit_formats.DitAdapter, device: torch
         adapter.model.to(device=device, dtype=dtype)
 
 
+def patcher_of(adapter) -> object | None:
+    """The ModelPatcher that `ready_adapter` made for this adapter (None before), for patches that need the
+    adapter's weights while sampling: their `models()` hand it to ComfyUI, which loads it with the model."""
+    with _lock:
+        return _patchers.get(adapter)
+
+
 def clear_cache() -> None:
     """Forget the loaded adapters, so the next load reads the file again (nodes still holding one keep it)."""
     with _lock:

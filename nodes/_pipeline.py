@@ -14,7 +14,7 @@ import torch
 
 from ..ipadapter_core import ApplySettings, ImageEmbeds, changes_nothing, check_topology, encode_clip, image_terms
 from ..ipadapter_core.enhance import Enhance, check_enhanceable, encode_enhanced, encoder_calls
-from . import _adapters, _clip, _dit, _faceid, _patch, _progress, _unet
+from . import _adapters, _clip, _dit_apply, _faceid, _patch, _progress, _unet
 from ._adapters import AdapterBundle
 
 
@@ -171,8 +171,8 @@ def apply(model, bundle: AdapterBundle, embeds: ImageEmbeds, settings: ApplySett
 def apply_images(model, bundle: AdapterBundle, images: torch.Tensor, settings: ApplySettings, *, clip_vision=None,
                  image_negative: torch.Tensor | None = None, batch_size: int = 0):
     """`apply` from reference images: they are encoded only when the settings change something."""
-    if _dit.is_dit(bundle.adapter):
-        return _dit.apply(model, bundle.adapter, images, settings, image_negative=image_negative,
+    if _dit_apply.is_dit(bundle.adapter):
+        return _dit_apply.apply(model, bundle.adapter, images, settings, image_negative=image_negative,
                           clip_vision=clip_vision if clip_vision is not None else bundle.clip_vision)
     if changes_nothing_on(model, settings):
         return model  # nothing to encode

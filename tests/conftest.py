@@ -8,6 +8,7 @@
 - `server`: a real ComfyUI server (dev.host.comfy_host.ServerHandle: `.url`, `.output_dir`, `.log_text()`),
   started once per session on a free port with the same models and a temporary output folder.
 - `client`: a dev.host.comfy_client.ComfyClient for `server`, closed after the test.
+- `dit_host`: `comfy` where the host has ComfyUI's Flux/SD3 block hooks (current ComfyUI); skips otherwise.
 - `sd15_checkpoint`, `sdxl_small_checkpoint`, `vit_h`: the random models loaded in process, shared by the
   modules that use them; `pipe`: tests/_pipe.py's SD1.5 node pipeline over them (per module).
 """
@@ -134,6 +135,21 @@ def sdxl_small_checkpoint(comfy):
 def vit_h(comfy):
     """The random ViT-H/14 CLIP vision model."""
     return _SHARED.get("vit_h", lambda: comfy.outputs("CLIPVisionLoader", clip_name=names.VIT_H)[0])
+
+
+@pytest.fixture(scope="session")
+def dit_host(comfy):
+    """The in-process host, for the Flux/SD3.5 tests: skipped on a ComfyUI without the DiT block hooks (the 2024
+    test host has no Flux, SD3 or attention override; run them with IPAKIT_COMFYUI=<a current ComfyUI>)."""
+    import importlib.util
+
+    from comfy.ldm.modules import attention
+
+    source = open(attention.__file__).read()
+    if "optimized_attention_override" not in source or importlib.util.find_spec("comfy.ldm.flux") is None:
+        pytest.skip("this ComfyUI has no Flux/SD3 block hooks with attention overrides; run with "
+                    "IPAKIT_COMFYUI=<current ComfyUI>")
+    return comfy
 
 
 @pytest.fixture(scope="module")

@@ -24,18 +24,6 @@ HIDDEN, HEADS, CONTEXT, VEC, EMBED = 256, 2, 32, 16, 24
 SUBDIR = "ipakit-dit-tiny"
 
 
-@pytest.fixture(scope="module")
-def host(comfy):
-    import importlib.util
-
-    from comfy.ldm.modules import attention
-
-    source = open(attention.__file__).read()
-    if "optimized_attention_override" not in source or importlib.util.find_spec("comfy.ldm.flux") is None:
-        pytest.skip("this ComfyUI has no Flux block hooks with attention overrides; run with IPAKIT_COMFYUI=<current ComfyUI>")
-    return comfy
-
-
 def perturb(module, seed):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -143,11 +131,11 @@ def reference_with(xlabs_file, scales):
     return ref
 
 
-def apply(host, patcher, image, clip_vision, **options):
-    bundle = host.run("IPAKitModelLoader", ipadapter_file=f"{SUBDIR}/xlabs-tiny.safetensors")[0]
+def apply(dit_host, patcher, image, clip_vision, **options):
+    bundle = dit_host.run("IPAKitModelLoader", ipadapter_file=f"{SUBDIR}/xlabs-tiny.safetensors")[0]
     settings = {"weight": 0.8, "start_at": 0.0, "end_at": 1.0, "weight_type": "linear", "combine_embeds": "concat",
                 "embeds_scaling": "V only", **options}
-    return host.run("IPAKitApply", model=patcher, ipadapter=bundle, image=image, clip_vision=clip_vision, **settings)[0]
+    return dit_host.run("IPAKitApply", model=patcher, ipadapter=bundle, image=image, clip_vision=clip_vision, **settings)[0]
 
 
 @pytest.fixture(scope="module")
@@ -155,20 +143,20 @@ def image():
     return torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(2))
 
 
-def test_loader_detects_the_xlabs_file(host, xlabs_file):
-    bundle = host.run("IPAKitModelLoader", ipadapter_file=f"{SUBDIR}/xlabs-tiny.safetensors")[0]
+def test_loader_detects_the_xlabs_file(dit_host, xlabs_file):
+    bundle = dit_host.run("IPAKitModelLoader", ipadapter_file=f"{SUBDIR}/xlabs-tiny.safetensors")[0]
     assert bundle.adapter.format.value == "XLabs Flux"
     assert "Flux" in bundle.adapter.describe()
 
 
-def test_patched_comfy_flux_matches_diffusers(host, xlabs_file, clip_vision, image):
+def test_patched_comfy_flux_matches_diffusers(dit_host, xlabs_file, clip_vision, image):
     reference = diffusers_flux()
     patcher = comfy_flux(reference)
     x = inputs()
     plain = run_comfy(patcher, x)
     torch.testing.assert_close(plain, run_diffusers(reference, x), atol=TOL, rtol=0)  # the same model on both sides
 
-    patched = apply(host, patcher, image, clip_vision)
+    patched = apply(dit_host, patcher, image, clip_vision)
     assert "dit" in patched.model_options["transformer_options"]["patches_replace"]
     assert "patches_replace" not in patcher.model_options["transformer_options"]  # the input model is untouched
     embeds = clip_vision.encode_image(image)["image_embeds"].float()
@@ -180,32 +168,32 @@ def test_patched_comfy_flux_matches_diffusers(host, xlabs_file, clip_vision, ima
     assert torch.equal(run_comfy(patcher, x), plain)  # nothing leaked into the unpatched model
 
 
-def test_block_weights_and_chaining(host, xlabs_file, clip_vision, image):
+def test_block_weights_and_chaining(dit_host, xlabs_file, clip_vision, image):
     reference = diffusers_flux()
     patcher = comfy_flux(reference)
     x = inputs()
     embeds = clip_vision.encode_image(image)["image_embeds"].float()
     ip = torch.cat([embeds, torch.zeros_like(embeds)])
-    got = run_comfy(apply(host, patcher, image, clip_vision, block_weights="1:0.5"), x)
+    got = run_comfy(apply(dit_host, patcher, image, clip_vision, block_weights="1:0.5"), x)
     expected = run_diffusers(reference_with(xlabs_file, [0.0, 0.4]), x, ip)
     assert (got - expected).abs().max() <= TOL
-    twice = apply(host, apply(host, patcher, image, clip_vision, weight=0.5), image, clip_vision, weight=0.3)
-    once = run_comfy(apply(host, patcher, image, clip_vision, weight=0.8), x)
+    twice = apply(dit_host, apply(dit_host, patcher, image, clip_vision, weight=0.5), image, clip_vision, weight=0.3)
+    once = run_comfy(apply(dit_host, patcher, image, clip_vision, weight=0.8), x)
     assert (run_comfy(twice, x) - once).abs().max() <= 1e-5
 
 
-def test_weight_zero_and_outside_start_end_change_nothing(host, xlabs_file, clip_vision, image):
+def test_weight_zero_and_outside_start_end_change_nothing(dit_host, xlabs_file, clip_vision, image):
     patcher = comfy_flux(diffusers_flux())
     x = inputs()
     plain = run_comfy(patcher, x)
-    assert apply(host, patcher, image, clip_vision, weight=0.0) is patcher
-    late = apply(host, patcher, image, clip_vision, start_at=0.5, end_at=1.0)  # sigma 0.7 is before 50 % on Flux
+    assert apply(dit_host, patcher, image, clip_vision, weight=0.0) is patcher
+    late = apply(dit_host, patcher, image, clip_vision, start_at=0.5, end_at=1.0)  # sigma 0.7 is before 50 % on Flux
     assert torch.equal(run_comfy(late, x), plain)
-    early = apply(host, patcher, image, clip_vision, start_at=0.0, end_at=0.5)
+    early = apply(dit_host, patcher, image, clip_vision, start_at=0.0, end_at=0.5)
     assert not torch.equal(run_comfy(early, x), plain)
 
 
-def test_a_foreign_block_patch_keeps_running_inside_ours(host, xlabs_file, clip_vision, image):
+def test_a_foreign_block_patch_keeps_running_inside_ours(dit_host, xlabs_file, clip_vision, image):
     patcher = comfy_flux(diffusers_flux()).clone()
     calls = []
 
@@ -217,17 +205,17 @@ def test_a_foreign_block_patch_keeps_running_inside_ours(host, xlabs_file, clip_
     patcher.set_model_patch_replace(foreign, "dit", "double_block", 0)
     x = inputs()
     alone = run_comfy(patcher, x)
-    run_comfy(apply(host, patcher, image, clip_vision), x)
+    run_comfy(apply(dit_host, patcher, image, clip_vision), x)
     assert len(calls) == 2  # once alone, once inside our patch
     assert torch.equal(run_comfy(patcher, x), alone)
 
 
-def test_wrong_model_and_options_are_clear_errors(host, xlabs_file, clip_vision, image, sd15_checkpoint):
+def test_wrong_model_and_options_are_clear_errors(dit_host, xlabs_file, clip_vision, image, sd15_checkpoint):
     sd15 = sd15_checkpoint[0]
     with pytest.raises(Exception, match="for Flux models; this model is"):
-        apply(host, sd15, image, clip_vision)
+        apply(dit_host, sd15, image, clip_vision)
     patcher = comfy_flux(diffusers_flux())
     with pytest.raises(Exception, match="weight_type 'style transfer'"):
-        apply(host, patcher, image, clip_vision, weight_type="style transfer")
+        apply(dit_host, patcher, image, clip_vision, weight_type="style transfer")
     with pytest.raises(Exception, match="block 7 does not exist"):
-        apply(host, patcher, image, clip_vision, block_weights="7:1")
+        apply(dit_host, patcher, image, clip_vision, block_weights="7:1")
