@@ -30,8 +30,10 @@ from __future__ import annotations
 import torch
 
 from ..ipadapter_core.dit.common import attend, heads
+from ..ipadapter_core.masks import layer_grid, resize_masks
 
 FLUX, MMDIT = "flux", "mmdit"
+LATENT_INFO = "ipakit_dit_latent"  # transformer_options key: {"hw": latent (H, W), "txt": text tokens} of this call
 
 
 class DitHostError(RuntimeError):
@@ -52,6 +54,7 @@ class Term:
     added to the attention output. Subclasses compute the unweighted term from the call."""
 
     after = False
+    mask: torch.Tensor | None = None  # (H, W) on the image, 1 where the image prompt acts; None: everywhere
 
     def __init__(self, weight: float, sigma_range: tuple[float, float] | None) -> None:
         self.weight, self.sigma_range = weight, sigma_range
@@ -69,12 +72,14 @@ class Term:
 class KVTerm(Term):
     """Image keys and values fixed for the whole run: (2, heads, tokens, head_dim), row 0 positive, 1 negative."""
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, weight: float, sigma_range, *, after: bool) -> None:
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, weight: float, sigma_range, *, after: bool,
+                 mask: torch.Tensor | None = None) -> None:
         super().__init__(weight, sigma_range)
-        self.k, self.v, self.after = k, v, after
+        self.k, self.v, self.after, self.mask = k, v, after, mask
 
     def to(self, device) -> KVTerm:
-        return KVTerm(self.k.to(device), self.v.to(device), self.weight, self.sigma_range, after=self.after)
+        mask = None if self.mask is None else self.mask.to(device)
+        return KVTerm(self.k.to(device), self.v.to(device), self.weight, self.sigma_range, after=self.after, mask=mask)
 
     def compute(self, call: _Call) -> torch.Tensor:
         q = call.query()
@@ -86,13 +91,16 @@ class DitBlockPatch:
     """The `patches_replace["dit"]` entry of one block: its terms (every adapter chained on this model) and the
     entry that was there before (run as the block), if any."""
 
-    def __init__(self, host: str, kind: str, terms: tuple[Term, ...], inner=None, txt_first: bool = True) -> None:
+    def __init__(self, host: str, kind: str, terms: tuple[Term, ...], inner=None, txt_first: bool = True,
+                 patch_size: int = 2) -> None:
         self.host, self.kind, self.terms, self.inner, self.txt_first = host, kind, terms, inner, txt_first
+        self.patch_size = patch_size
         self._rows: dict[tuple, torch.Tensor] = {}
 
     def to(self, device) -> DitBlockPatch:
         inner = self.inner.to(device) if hasattr(self.inner, "to") else self.inner
-        return DitBlockPatch(self.host, self.kind, tuple(t.to(device) for t in self.terms), inner, self.txt_first)
+        return DitBlockPatch(self.host, self.kind, tuple(t.to(device) for t in self.terms), inner, self.txt_first,
+                             self.patch_size)
 
     def models(self) -> list:
         found = self.inner.models() if hasattr(self.inner, "models") else []
@@ -101,7 +109,7 @@ class DitBlockPatch:
         return found
 
     def chained(self, more: tuple[Term, ...]) -> DitBlockPatch:
-        return DitBlockPatch(self.host, self.kind, self.terms + more, self.inner, self.txt_first)
+        return DitBlockPatch(self.host, self.kind, self.terms + more, self.inner, self.txt_first, self.patch_size)
 
     def __call__(self, args: dict, extra: dict) -> dict:
         original = extra["original_block"]
@@ -145,6 +153,7 @@ class _Call:
         self.q = self.k = self.v = None  # the call's tensors, (batch, heads, tokens, head_dim)
         self.pe = None
         self.image = slice(None)  # the query rows the terms read and write
+        self._masks: dict = {}
 
     def override(self, func, *a, **kw):
         out = self.previous(func, *a, **kw) if self.previous is not None else func(*a, **kw)
@@ -156,6 +165,8 @@ class _Call:
         for term in self.patch.terms:
             add = term.compute(self) * term.weight
             add = add * self.gate(term, add)
+            if term.mask is not None:
+                add = add * self.mask_weights(term.mask, add)
             if term.after:
                 self.after = add if self.after is None else self.after + add
             else:
@@ -202,6 +213,34 @@ class _Call:
     def rows(self, device) -> torch.Tensor:
         return self.patch.row_index(self.options, self.q.shape[0], device)
 
+    def mask_weights(self, mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """(1, query rows, 1): the mask on the latent's image tokens; 0 on text rows and on image tokens that are not
+        the latent's own (reference latents appended after them)."""
+        info = self.options.get(LATENT_INFO) or {}
+        rows = like.shape[1]
+        if self.patch.host == FLUX and self.patch.kind == "single_block":
+            txt = info.get("txt")
+            if txt is None:
+                raise DitHostError("IPAdapter Kit: a masked image prompt on a Flux single block needs the text length, "
+                                   "which the pack's apply_model wrapper records; it did not run for this call")
+        else:
+            txt = 0
+        hw = info.get("hw")
+        if hw is not None:
+            grid = (-(-hw[0] // self.patch.patch_size), -(-hw[1] // self.patch.patch_size))
+        else:  # called without the wrapper: the grid of the image rows closest to the mask's aspect
+            grid = layer_grid(rows - txt, aspect=mask.shape[-1] / mask.shape[-2])
+        key = (id(mask), rows, txt, grid)
+        cached = self._masks.get(key)
+        if cached is not None:
+            return cached
+        image = resize_masks(mask[None].float(), grid)[0].to(like.device, like.dtype)
+        weights = torch.zeros(rows, device=like.device, dtype=like.dtype)
+        n = min(image.shape[0], rows - txt)
+        weights[txt:txt + n] = image[:n]
+        self._masks[key] = weights.view(1, rows, 1)
+        return self._masks[key]
+
     def gate(self, term: Term, like: torch.Tensor) -> torch.Tensor | float:
         """1 where this row's sigma is inside the term's start/end range, else 0, as a (batch, 1, 1) tensor."""
         sigmas = self.options.get("sigmas")
@@ -223,8 +262,19 @@ def unrope(q: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
     return back.reshape(q.shape).to(q.dtype)
 
 
-def install(model, host: str, terms: dict[tuple[str, int], Term], *, txt_first: bool = True):
-    """A clone of `model` with one patch per block, chained onto the entries already there."""
+def record_latent(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kwargs):
+    """APPLY_MODEL wrapper (stackable, keyed): note this call's latent size and text length in its own copy of
+    transformer_options, for masked image prompts."""
+    if transformer_options is not None:
+        context = c_crossattn if c_crossattn is not None else kwargs.get("context")
+        transformer_options[LATENT_INFO] = {"hw": tuple(x.shape[-2:]),
+                                            "txt": None if context is None else context.shape[1]}
+    return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+
+def install(model, host: str, terms: dict[tuple[str, int], Term], *, txt_first: bool = True, patch_size: int = 2):
+    """A clone of `model` with one patch per block, chained onto the entries already there (and, for masks, the
+    wrapper that tells the patches the latent's size)."""
     if not terms:
         return model
     model = model.clone()
@@ -234,6 +284,11 @@ def install(model, host: str, terms: dict[tuple[str, int], Term], *, txt_first: 
         if isinstance(current, DitBlockPatch):
             patch = current.chained((term,))
         else:
-            patch = DitBlockPatch(host, kind, (term,), inner=current, txt_first=txt_first)
+            patch = DitBlockPatch(host, kind, (term,), inner=current, txt_first=txt_first, patch_size=patch_size)
         model.set_model_patch_replace(patch, "dit", kind, index)
+    if any(term.mask is not None for term in terms.values()):
+        import comfy.patcher_extension
+
+        model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, LATENT_INFO)
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, LATENT_INFO, record_latent)
     return model

@@ -15,7 +15,7 @@ import weakref
 
 import torch
 
-from ..ipadapter_core import ApplySettings
+from ..ipadapter_core import ApplySettings, as_mask_batch
 from ..ipadapter_core.dit import instantx_flux, sd3, siglip_head, xlabs
 from ..ipadapter_core.dit.common import DitCheckpointError, DitFormat
 from ..ipadapter_core.dit.formats import DitAdapter
@@ -62,8 +62,9 @@ def check_settings(adapter: DitAdapter, settings: ApplySettings) -> None:
         wrong.append("unfold_batch")
     if isinstance(settings.weight, tuple):
         wrong.append("one weight per frame")
-    if settings.attn_mask is not None:
-        wrong.append("attn_mask (not yet for Flux/SD3.5 adapters)")
+    if settings.attn_mask is not None and as_mask_batch(settings.attn_mask).shape[0] != 1:
+        wrong.append("a batch of attn_masks (one mask acts for all references here: to give each reference its own "
+                     "region, chain one Apply node per reference with its mask)")
     if wrong:
         raise ValueError(f"{adapter.name} is a {adapter.format.value} adapter, which does not take: " + "; ".join(wrong))
 
@@ -196,14 +197,16 @@ def _pair(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     return torch.stack([pos.reshape(-1, pos.shape[-1]), neg.reshape(-1, neg.shape[-1])])
 
 
-def xlabs_terms(adapter, pos, neg, scales, weight, sigma_range, n_heads) -> dict[tuple[str, int], Term]:
+def xlabs_terms(adapter, pos, neg, scales, weight, sigma_range, mask, n_heads) -> dict[tuple[str, int], Term]:
     m = adapter.model
     tokens = _pair(xlabs.image_tokens(m, pos), xlabs.image_tokens(m, neg))
-    return {("double_block", i): KVTerm(*xlabs.block_kv(m, i, tokens, n_heads), weight * s, sigma_range, after=True)
+    return {("double_block", i): KVTerm(*xlabs.block_kv(m, i, tokens, n_heads), weight * s, sigma_range, after=True,
+                                        mask=mask)
             for i, s in enumerate(scales) if weight * s != 0}
 
 
-def instantx_terms(adapter, pos, neg, scales, weight, sigma_range, n_heads, doubles) -> dict[tuple[str, int], Term]:
+def instantx_terms(adapter, pos, neg, scales, weight, sigma_range, mask, n_heads,
+                   doubles) -> dict[tuple[str, int], Term]:
     m = adapter.model
     tokens = _pair(instantx_flux.image_tokens(m, pos), instantx_flux.image_tokens(m, neg))
     terms = {}
@@ -211,7 +214,8 @@ def instantx_terms(adapter, pos, neg, scales, weight, sigma_range, n_heads, doub
         if weight * s == 0:
             continue
         key = ("double_block", i) if i < doubles else ("single_block", i - doubles)
-        terms[key] = KVTerm(*instantx_flux.block_kv(m.layer(i), tokens, n_heads), weight * s, sigma_range, after=False)
+        terms[key] = KVTerm(*instantx_flux.block_kv(m.layer(i), tokens, n_heads), weight * s, sigma_range, after=False,
+                            mask=mask)
     return terms
 
 
@@ -245,12 +249,13 @@ class SD3Prompt:
 
 
 class SD3Term(Term):
-    def __init__(self, prompt: SD3Prompt, block: int, attn, weight: float, sigma_range) -> None:
+    def __init__(self, prompt: SD3Prompt, block: int, attn, weight: float, sigma_range, mask=None) -> None:
         super().__init__(weight, sigma_range)
-        self.prompt, self.block, self.attn = prompt, block, attn
+        self.prompt, self.block, self.attn, self.mask = prompt, block, attn, mask
 
     def to(self, device) -> SD3Term:
-        return SD3Term(self.prompt.to(device), self.block, self.attn, self.weight, self.sigma_range)
+        mask = None if self.mask is None else self.mask.to(device)
+        return SD3Term(self.prompt.to(device), self.block, self.attn, self.weight, self.sigma_range, mask)
 
     def models(self) -> list:
         return [self.prompt.patcher] if self.prompt.patcher is not None else []
@@ -308,6 +313,7 @@ def apply(model, adapter: DitAdapter, images: torch.Tensor, settings: ApplySetti
     dm = model.model.diffusion_model
     device, dtype = _unet.compute_device_dtype(model)
     weight, sigma_range = float(settings.weight), _sigma_range(model, settings)
+    mask = None if settings.attn_mask is None else as_mask_batch(settings.attn_mask)[0].to(device)
     _adapters.ready_adapter(adapter, device, dtype)
     m = adapter.model
     if host == FLUX:
@@ -327,24 +333,25 @@ def apply(model, adapter: DitAdapter, images: torch.Tensor, settings: ApplySetti
         _check_blocks(adapter, m.blocks, m.config.hidden, blocks, width, "joint blocks")
         _check_sd3_norms(adapter, dm)
         pos, neg = _features(adapter, sd3_features, clip_vision, images, image_negative)
-        return _apply_sd3(model, adapter, pos, neg, settings, weight, sigma_range)
+        return _apply_sd3(model, adapter, pos, neg, settings, weight, sigma_range, mask)
     pos, neg = _features(adapter, encode, clip_vision, images, image_negative)
     scales = block_weights(settings.block_weights, m.n_blocks if hasattr(m, "n_blocks") else m.blocks)
     with torch.no_grad():
-        terms = make(adapter, pos.to(device, dtype), neg.to(device, dtype), scales, weight, sigma_range, n_heads, *extra)
-    return _dit.install(model, FLUX, terms, txt_first=txt_first)
+        terms = make(adapter, pos.to(device, dtype), neg.to(device, dtype), scales, weight, sigma_range, mask, n_heads,
+                     *extra)
+    return _dit.install(model, FLUX, terms, txt_first=txt_first, patch_size=dm.patch_size)
 
 
-def _apply_sd3(model, adapter, pos, neg, settings, weight, sigma_range):
+def _apply_sd3(model, adapter, pos, neg, settings, weight, sigma_range, mask):
     dm = model.model.diffusion_model
     pos = pos.reshape(1, -1, pos.shape[-1])  # several references: their patch features side by side, as tokens
     neg = neg.reshape(1, -1, neg.shape[-1])
     sampling = model.get_model_object("model_sampling")
     prompt = SD3Prompt(adapter, torch.cat([pos, neg]), sampling.timestep, _adapters.patcher_of(adapter))
     scales = block_weights(settings.block_weights, adapter.model.blocks)
-    terms = {("double_block", i): SD3Term(prompt, i, dm.joint_blocks[i].x_block.attn, weight * s, sigma_range)
+    terms = {("double_block", i): SD3Term(prompt, i, dm.joint_blocks[i].x_block.attn, weight * s, sigma_range, mask)
              for i, s in enumerate(scales) if weight * s != 0}
-    return _dit.install(model, MMDIT, terms)
+    return _dit.install(model, MMDIT, terms, patch_size=dm.x_embedder.patch_size[0])
 
 
 def _features(adapter, encode, clip_vision, images, image_negative) -> tuple[torch.Tensor, torch.Tensor]:

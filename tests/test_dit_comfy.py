@@ -219,3 +219,49 @@ def test_wrong_model_and_options_are_clear_errors(dit_host, xlabs_file, clip_vis
         apply(dit_host, patcher, image, clip_vision, weight_type="style transfer")
     with pytest.raises(Exception, match="block 7 does not exist"):
         apply(dit_host, patcher, image, clip_vision, block_weights="7:1")
+
+
+def run_apply_model(patcher, x, cond_or_uncond=(0, 1)):
+    """Through BaseModel.apply_model, with the patcher's wrappers, as a sampler calls the model."""
+    to = dict(patcher.model_options["transformer_options"])
+    to.update(cond_or_uncond=list(cond_or_uncond), sigmas=x["t"], wrappers=dict(patcher.wrappers))
+    with torch.no_grad():
+        return patcher.model.apply_model(x["x"], x["t"], c_crossattn=x["context"], y=x["y"], transformer_options=to)
+
+
+def check_masks(apply_masked, patcher, x, run=run_apply_model):
+    """A mask of ones acts as no mask, a mask of zeros as no image prompt, a half mask as neither."""
+    plain = run(patcher, x)
+    full = run(apply_masked(None), x)
+    h, w = x["x"].shape[-2:]
+    ones, zeros, half = torch.ones(1, 8 * h, 8 * w), torch.zeros(1, 8 * h, 8 * w), torch.zeros(1, 8 * h, 8 * w)
+    half[:, :, : 4 * w] = 1.0
+    assert torch.equal(run(apply_masked(ones), x), full)
+    assert torch.equal(run(apply_masked(zeros), x), plain)
+    masked = run(apply_masked(half), x)
+    assert (masked - plain).abs().max() > 1e-3 and (masked - full).abs().max() > 1e-3
+    with pytest.raises(Exception, match="a batch of attn_masks"):
+        apply_masked(torch.ones(2, 8 * h, 8 * w))
+
+
+def test_xlabs_mask(dit_host, xlabs_file, clip_vision, image):
+    patcher = comfy_flux(diffusers_flux())
+    check_masks(lambda m: apply(dit_host, patcher, image, clip_vision, **({} if m is None else {"attn_mask": m})),
+                patcher, inputs())
+
+
+def test_mask_rows_of_a_flux_single_block(dit_host):
+    """Single blocks attend over text and image rows: a mask keeps the text rows out and lays the mask over the
+    latent's own tokens (reference latents appended after them get 0)."""
+    import importlib
+
+    dit = importlib.import_module(f"{dit_host.pack.__name__}.nodes._dit")
+    patch = dit.DitBlockPatch(dit.FLUX, "single_block", ())
+    call = dit._Call(patch, {}, {dit.LATENT_INFO: {"hw": (8, 6), "txt": 5}})
+    mask = torch.zeros(16, 12)
+    mask[:8] = 1.0  # the top half
+    rows = 5 + 4 * 3 + 7  # text, the latent's 4 x 3 tokens, 7 tokens of a reference latent
+    weights = call.mask_weights(mask, torch.zeros(2, rows, 4))[0, :, 0]
+    assert weights.shape == (rows,)
+    assert torch.equal(weights[:5], torch.zeros(5)) and torch.equal(weights[17:], torch.zeros(7))
+    assert torch.equal(weights[5:17], torch.tensor([1.0] * 6 + [0.0] * 6))

@@ -19,6 +19,7 @@ from test_dit_comfy import (
     HIDDEN,
     SUBDIR,
     TOL,
+    check_masks,
     comfy_flux,
     diffusers_flux,
     inputs,
@@ -207,3 +208,24 @@ def test_sd35_start_end_and_wrong_model(dit_host, siglip, sd3_file, image):
     assert torch.equal(run_comfy_sd3(late, x), plain)
     with pytest.raises(Exception, match="for SD3.5 models; this model is Flux"):
         apply(dit_host, comfy_flux(diffusers_flux()), sd3_file.name, image, siglip)
+
+
+def test_instantx_flux_mask(dit_host, siglip, instantx_file, image):
+    path, _ = instantx_file
+    patcher = comfy_flux(diffusers_flux())
+    check_masks(lambda m: apply(dit_host, patcher, path.name, image, siglip, **({} if m is None else {"attn_mask": m})),
+                patcher, inputs())
+
+
+def run_apply_model_sd3(patcher, x, cond_or_uncond=(0, 1)):
+    to = dict(patcher.model_options["transformer_options"])
+    to.update(cond_or_uncond=list(cond_or_uncond), sigmas=x["t"] / 1000.0, wrappers=dict(patcher.wrappers))
+    with torch.no_grad():
+        return patcher.model.apply_model(x["x"], x["t"] / 1000.0, c_crossattn=x["context"], y=x["y"],
+                                         transformer_options=to)
+
+
+def test_sd35_mask(dit_host, siglip, sd3_file, image):
+    patcher = comfy_sd3(diffusers_sd3())
+    check_masks(lambda m: apply(dit_host, patcher, sd3_file.name, image, siglip, **({} if m is None else {"attn_mask": m})),
+                patcher, sd3_inputs(), run=run_apply_model_sd3)
