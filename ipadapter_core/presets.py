@@ -28,17 +28,31 @@ PRESETS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     "kolors plus - Kolors only": ((), ("ip_adapter_plus_general", "kolors-ip-adapter-plus"), "ViT-L-14-336"),
 }
 
+# Flux and SD3.5 presets: preset -> (the model family it is for, adapter names, CLIP vision encoder). The published
+# files have generic names (`ip_adapter.safetensors`, `ip-adapter.bin`), so these are the names users give them or
+# their repositories' names (a generic file in a folder named after the repository is known by the folder's name).
+DIT_PRESETS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "flux xlabs v2 (CLIP ViT-L)": ("flux", ("flux-ip-adapter-v2", "xlabs-flux-ip-adapter-v2", "ip_adapter_flux_v2"), "ViT-L-14"),
+    "flux xlabs v1 (CLIP ViT-L)": ("flux", ("flux-ip-adapter", "xlabs-flux-ip-adapter", "ip_adapter_flux"), "ViT-L-14"),
+    "flux instantx (SigLIP)": ("flux", ("FLUX.1-dev-IP-Adapter", "instantx-flux-ip-adapter", "flux-ip-adapter-instantx"),
+                               "SigLIP-so400m-384"),
+    "sd3.5 large instantx (SigLIP)": ("sd35", ("SD3.5-Large-IP-Adapter", "instantx-sd35-ip-adapter", "sd35-large-ip-adapter"),
+                                      "SigLIP-so400m-384"),
+}
+
 # names of the CLIP vision files per encoder (published names and common renames)
 CLIP_NAMES: dict[str, tuple[str, ...]] = {
     "ViT-H-14": ("CLIP-ViT-H-14-laion2B-s32B-b79K", "clip_vision_h", "ViT-H-14", "clip-vit-h", "image_encoder_sd15", "sd15_model"),
     "ViT-bigG-14": ("CLIP-ViT-bigG-14-laion2B-39B-b160k", "clip_vision_g", "clip_vision_bigg", "ViT-bigG-14", "clip-vit-bigg", "image_encoder_sdxl", "sdxl_model"),
     "ViT-L-14-336": ("clip-vit-large-patch14-336", "clip_vision_l_336", "ViT-L-14-336"),
+    "ViT-L-14": ("clip_vision_l", "clip-vit-large-patch14", "CLIP-ViT-L-14", "ViT-L-14"),
+    "SigLIP-so400m-384": ("siglip-so400m-patch14-384", "siglip_so400m_patch14_384", "sigclip_vision_patch14_384"),
 }
 
 _EXTENSIONS = re.compile(r"\.(safetensors|sft|bin|pth|pt|ckpt)$", re.IGNORECASE)
 
 
-_GENERIC = {"model", "pytorchmodel", "openclippytorchmodel", "openclipmodel"}
+_GENERIC = {"model", "pytorchmodel", "openclippytorchmodel", "openclipmodel", "ipadapter"}
 """File names that say nothing (a repository downloaded as a folder: `CLIP-ViT-H-14-laion2B-s32B-b79K/model.safetensors`);
 such a file is known by its folder's name."""
 
@@ -79,6 +93,11 @@ def pick_adapter(files: list[str], preset: str, family: str) -> Match:
     universe = [n for a, b, _ in PRESETS.values() for n in a + b]
     adapters = [f for f in files if not normalize(f).endswith("lora")]  # FaceID's separate *_lora files are LoRAs
     return pick(adapters, sd15 if family == "sd15" else sdxl, universe)
+
+
+def pick_dit_adapter(files: list[str], preset: str) -> Match:
+    universe = [n for _, names, _ in DIT_PRESETS.values() for n in names] + [n for a, b, _ in PRESETS.values() for n in a + b]
+    return pick(files, DIT_PRESETS[preset][1], universe)
 
 
 def pick_clip(files: list[str], encoder: str) -> Match:

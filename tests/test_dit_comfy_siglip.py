@@ -229,3 +229,29 @@ def test_sd35_mask(dit_host, siglip, sd3_file, image):
     patcher = comfy_sd3(diffusers_sd3())
     check_masks(lambda m: apply(dit_host, patcher, sd3_file.name, image, siglip, **({} if m is None else {"attn_mask": m})),
                 patcher, sd3_inputs(), run=run_apply_model_sd3)
+
+
+def test_unified_loader_presets(dit_host, siglip, sd3_file, instantx_file, models_dir):
+    """The flux/sd3.5 presets find the adapter by its repository name (a generic ip-adapter.bin in a folder named
+    like the repository) and the SigLIP file by its name, and refuse the wrong model. (ComfyUI's CLIP vision loader
+    recognises SigLIP by the full so400m layout, so the tiny stand-in is found but not loaded by it.)"""
+    import shutil
+
+    from ipadapter_core import presets
+
+    folder = models_dir / "ipadapter" / SUBDIR / "SD3.5-Large-IP-Adapter"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sd3_file, folder / "ip-adapter.bin")
+    named = models_dir / "clip_vision" / SUBDIR / "siglip-so400m-patch14-384.safetensors"
+    shutil.copyfile(models_dir / "clip_vision" / SUBDIR / "siglip-tiny-with-head.safetensors", named)
+    files = [f"{SUBDIR}/SD3.5-Large-IP-Adapter/ip-adapter.bin", f"{SUBDIR}/{sd3_file.name}", "ip-adapter_sd15.safetensors"]
+    assert presets.pick_dit_adapter(files, "sd3.5 large instantx (SigLIP)").file == files[0]
+    assert presets.pick_dit_adapter(files, "flux instantx (SigLIP)").file is None
+    patcher = comfy_sd3(diffusers_sd3())
+    with pytest.raises(Exception, match="siglip-so400m-patch14-384.safetensors: ComfyUI does not recognise"):
+        dit_host.run("IPAKitUnifiedLoader", model=patcher, preset="sd3.5 large instantx (SigLIP)")
+    with pytest.raises(Exception, match="is for SD3.5 Large models; this model is Flux"):
+        dit_host.run("IPAKitUnifiedLoader", model=comfy_flux(diffusers_flux()), preset="sd3.5 large instantx (SigLIP)")
+    with pytest.raises(Exception, match="no IP-Adapter file for the preset 'flux xlabs v2"):
+        dit_host.run("IPAKitUnifiedLoader", model=comfy_flux(diffusers_flux()), preset="flux xlabs v2 (CLIP ViT-L)")
+    named.unlink()
