@@ -194,6 +194,10 @@ class Prompt:
 def apply_all(model, prompts: list[Prompt], *, lora_strength: float = 0.0):
     """A clone of `model` with every prompt installed (one clone, one patch per layer holding all their terms);
     `model` itself when none changes anything. The FaceID LoRA of the prompts' adapters is applied once each."""
+    for prompt in prompts:
+        if _dit_apply.is_dit(prompt.bundle.adapter):
+            raise ValueError(f"{prompt.bundle.name} is a {prompt.bundle.adapter.format.value} adapter: use it with Apply "
+                             "IPAdapter (reference images); this node works with SD1.5/SDXL adapters only")
     topo = _unet.topology(model)
     for prompt in prompts:
         check_topology(prompt.bundle.adapter, topo)

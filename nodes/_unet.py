@@ -32,6 +32,12 @@ def topology(model) -> Topology:
     cached = _topologies.get(unet)
     if cached is not None:
         return cached
+    if not all(hasattr(unet, name) for name in ("input_blocks", "middle_block", "output_blocks")):
+        kind = "a Flux" if hasattr(unet, "double_blocks") else "an SD3" if hasattr(unet, "joint_blocks") else "a"
+        raise ValueError(
+            f"this is {kind} diffusion transformer ({type(unet).__name__}), not an SD1.5/SDXL UNet: SD1.5/SDXL adapters "
+            "cannot patch it. For Flux and SD3.5 Large use their adapters (XLabs or InstantX) with Apply IPAdapter"
+        )
     transformers = []
     groups = [("input", list(unet.input_blocks)), ("middle", [unet.middle_block]), ("output", list(unet.output_blocks))]
     for block, modules in groups:

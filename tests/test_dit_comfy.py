@@ -64,14 +64,14 @@ def comfy_flux(reference):
     return comfy.model_patcher.ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
 
 
-@pytest.fixture(scope="module")
-def clip_vision(tmp_path_factory):
+def tiny_clip_l(folder):
+    """A tiny ComfyUI CLIP vision model with projected image_embeds of the XLabs stand-in's width."""
     import comfy.clip_vision
 
     config = {"attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "quick_gelu", "hidden_size": 32, "image_size": 224,
               "intermediate_size": 64, "layer_norm_eps": 1e-5, "model_type": "clip_vision_model", "num_attention_heads": 2,
               "num_channels": 3, "num_hidden_layers": 2, "patch_size": 32, "projection_dim": EMBED}
-    path = tmp_path_factory.mktemp("clipv") / "tiny_clip_l.json"
+    path = folder / "tiny_clip_l.json"
     path.write_text(json.dumps(config))
     cv = comfy.clip_vision.ClipVisionModel(str(path))
     perturb(cv.model, 11)
@@ -79,9 +79,18 @@ def clip_vision(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def xlabs_file(models_dir):
+def clip_vision(dit_host, tmp_path_factory):
+    return tiny_clip_l(tmp_path_factory.mktemp("clipv"))
+
+
+def write_xlabs_tiny(models_dir):
     return write_xlabs(models_dir / "ipadapter" / SUBDIR / "xlabs-tiny.safetensors", seed=4, tokens=4,
                        embed_dim=EMBED, width=CONTEXT, inner=HIDDEN, blocks=2)
+
+
+@pytest.fixture(scope="module")
+def xlabs_file(dit_host, models_dir):
+    return write_xlabs_tiny(models_dir)
 
 
 def inputs(batch=2, seed=1):
@@ -265,3 +274,29 @@ def test_mask_rows_of_a_flux_single_block(dit_host):
     assert weights.shape == (rows,)
     assert torch.equal(weights[:5], torch.zeros(5)) and torch.equal(weights[17:], torch.zeros(7))
     assert torch.equal(weights[5:17], torch.tensor([1.0] * 6 + [0.0] * 6))
+
+
+def test_sd_nodes_and_dit_models_refuse_each_other_clearly(dit_host, xlabs_file, clip_vision, image, ipadapter_file):
+    sd15_adapter = ipadapter_file("sd15")
+    bundle = dit_host.run("IPAKitModelLoader", ipadapter_file=sd15_adapter.name)[0]
+    flux = comfy_flux(diffusers_flux())
+    with pytest.raises(Exception, match="not an SD1.5/SDXL UNet"):
+        dit_host.run("IPAKitApply", model=flux, ipadapter=bundle, image=image, clip_vision=clip_vision, weight=0.8,
+                     start_at=0.0, end_at=1.0, weight_type="linear", combine_embeds="concat", embeds_scaling="V only")
+    dit = dit_host.run("IPAKitModelLoader", ipadapter_file=f"{SUBDIR}/xlabs-tiny.safetensors")[0]
+    with pytest.raises(Exception, match="use it with Apply IPAdapter"):
+        dit_host.run("IPAKitEncode", ipadapter=dit, image=image, clip_vision=clip_vision)
+
+
+def test_a_block_that_hides_its_attention_stops_with_a_clear_error(dit_host, xlabs_file, clip_vision, image):
+    """A host block that no longer passes transformer_options to its attention (here: another pack's entry that
+    drops them) cannot take the image prompt: the run stops and says so, instead of computing something else."""
+    patcher = comfy_flux(diffusers_flux()).clone()
+
+    def drops_options(args, extra):
+        return extra["original_block"]({**args, "transformer_options": {}})
+
+    patcher.set_model_patch_replace(drops_options, "dit", "double_block", 1)
+    patched = apply(dit_host, patcher, image, clip_vision)
+    with pytest.raises(RuntimeError, match="did not call attention with its transformer_options.*update ComfyUI"):
+        run_comfy(patched, inputs())

@@ -26,6 +26,8 @@ from test_dit_comfy import (
     perturb,
     run_comfy,
     run_diffusers,
+    tiny_clip_l,
+    write_xlabs_tiny,
 )
 from test_dit_instantx import PublishedProcessor, PublishedProjection
 from torch import nn
@@ -255,3 +257,20 @@ def test_unified_loader_presets(dit_host, siglip, sd3_file, instantx_file, model
     with pytest.raises(Exception, match="no IP-Adapter file for the preset 'flux xlabs v2"):
         dit_host.run("IPAKitUnifiedLoader", model=comfy_flux(diffusers_flux()), preset="flux xlabs v2 (CLIP ViT-L)")
     named.unlink()
+
+
+def test_xlabs_and_instantx_chain_on_one_flux(dit_host, siglip, instantx_file, image, models_dir, tmp_path):
+    """Two Flux adapters on one model: each block's patch holds both terms; the result differs from either alone,
+    and each alone is unchanged by the other having been applied to a sibling clone."""
+    path, _ = instantx_file
+    xlabs_file, clip_vision = write_xlabs_tiny(models_dir), tiny_clip_l(tmp_path)
+    patcher = comfy_flux(diffusers_flux())
+    x = inputs()
+    xl = apply(dit_host, patcher, xlabs_file.name, image, clip_vision)
+    ix = apply(dit_host, patcher, path.name, image, siglip)
+    both = apply(dit_host, xl, path.name, image, siglip)
+    alone_x, alone_i, together = run_comfy(xl, x), run_comfy(ix, x), run_comfy(both, x)
+    assert (together - alone_x).abs().max() > 1e-3 and (together - alone_i).abs().max() > 1e-3
+    assert torch.equal(run_comfy(xl, x), alone_x)
+    patches = both.model_options["transformer_options"]["patches_replace"]["dit"]
+    assert len(patches[("double_block", 0)].terms) == 2 and len(patches[("single_block", 0)].terms) == 1

@@ -81,4 +81,6 @@ def load(path: str | Path, flat: dict[str, torch.Tensor] | None = None) -> DitAd
         n = len(block_indices(flat, "ip_adapter."))
         doubles = module.DOUBLE_BLOCKS if n == module.DOUBLE_BLOCKS + module.SINGLE_BLOCKS else n // 3
         return DitAdapter(path, fmt, module.load(flat, path, double_blocks=doubles, single_blocks=n - doubles))
+    if fmt is DitFormat.INSTANTX_SD35:  # any block count loads; Apply checks it against the model's joint blocks
+        return DitAdapter(path, fmt, module.load(flat, path, blocks=len(block_indices(flat, "ip_adapter."))))
     return DitAdapter(path, fmt, module.load(flat, path))
