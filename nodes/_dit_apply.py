@@ -226,9 +226,18 @@ class SD3Prompt:
     def __init__(self, adapter: DitAdapter, features: torch.Tensor, timestep, patcher) -> None:
         self.adapter, self.features, self.timestep, self.patcher = adapter, features, timestep, patcher
         self._cache: tuple = (None, None, None)
+        self._moved: dict[str, SD3Prompt] = {}
 
     def to(self, device) -> SD3Prompt:
-        return SD3Prompt(self.adapter, self.features.to(device), self.timestep, self.patcher)
+        """The prompt with its features on `device`: one object per device, so the 38 block terms moved there
+        still share one resampler result per model call."""
+        key = str(torch.device(device))
+        moved = self._moved.get(key)
+        if moved is None:
+            same = self.features.device == torch.device(device)
+            moved = self if same else SD3Prompt(self.adapter, self.features.to(device), self.timestep, self.patcher)
+            self._moved[key] = moved
+        return moved
 
     def tokens(self, call) -> tuple[torch.Tensor, torch.Tensor]:
         """The resampler's (tokens, temb) for this call's rows and sigmas: computed by the call's first block, then

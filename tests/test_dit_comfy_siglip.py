@@ -274,3 +274,22 @@ def test_xlabs_and_instantx_chain_on_one_flux(dit_host, siglip, instantx_file, i
     assert torch.equal(run_comfy(xl, x), alone_x)
     patches = both.model_options["transformer_options"]["patches_replace"]["dit"]
     assert len(patches[("double_block", 0)].terms) == 2 and len(patches[("single_block", 0)].terms) == 1
+
+
+def test_sd35_resampler_runs_once_per_model_call(dit_host, siglip, sd3_file, image):
+    """The 2 joint blocks of a call share one resampler result, also after ComfyUI moves the patches to the
+    device (model_patches_to), which gives every block a moved copy of its patch."""
+    patcher = comfy_sd3(diffusers_sd3())
+    patched = apply(dit_host, patcher, sd3_file.name, image, siglip)
+    patched.model_patches_to(torch.device("cpu"))
+    patches = patched.model_options["transformer_options"]["patches_replace"]["dit"]
+    prompts = {id(p.terms[0].prompt) for p in patches.values()}
+    assert len(prompts) == 1
+    resampler = patches[("double_block", 0)].terms[0].prompt.adapter.model.image_proj
+    calls = []
+    handle = resampler.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        run_comfy_sd3(patched, sd3_inputs())
+    finally:
+        handle.remove()
+    assert len(calls) == 1
