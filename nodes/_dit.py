@@ -49,6 +49,14 @@ def comfy_version() -> str:
         return "this ComfyUI version"
 
 
+def move_args(target) -> dict | None:
+    """What `patch.to(target)` should do to a tensor: ComfyUI calls `model_patches_to` with the device and then with
+    the model's dtype; a storage dtype of fp8 (or a non-float one) is not a compute dtype and is ignored (None)."""
+    if isinstance(target, torch.dtype):
+        return {"dtype": target} if target.is_floating_point and target.itemsize >= 2 else None
+    return {"device": torch.device(target)}
+
+
 class Term:
     """One adapter's part in one block. `after`: added to the image stream after the block (XLabs); otherwise
     added to the attention output. Subclasses compute the unweighted term from the call."""
@@ -77,9 +85,12 @@ class KVTerm(Term):
         super().__init__(weight, sigma_range)
         self.k, self.v, self.after, self.mask = k, v, after, mask
 
-    def to(self, device) -> KVTerm:
-        mask = None if self.mask is None else self.mask.to(device)
-        return KVTerm(self.k.to(device), self.v.to(device), self.weight, self.sigma_range, after=self.after, mask=mask)
+    def to(self, target) -> KVTerm:
+        moved = move_args(target)
+        if moved is None:
+            return self
+        mask = None if self.mask is None else self.mask.to(**moved)
+        return KVTerm(self.k.to(**moved), self.v.to(**moved), self.weight, self.sigma_range, after=self.after, mask=mask)
 
     def compute(self, call: _Call) -> torch.Tensor:
         q = call.query()

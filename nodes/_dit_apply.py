@@ -228,16 +228,20 @@ class SD3Prompt:
         self._cache: tuple = (None, None, None)
         self._moved: dict[str, SD3Prompt] = {}
 
-    def to(self, device) -> SD3Prompt:
-        """The prompt with its features on `device`: one object per device, so the 38 block terms moved there
-        still share one resampler result per model call."""
-        key = str(torch.device(device))
-        moved = self._moved.get(key)
-        if moved is None:
-            same = self.features.device == torch.device(device)
-            moved = self if same else SD3Prompt(self.adapter, self.features.to(device), self.timestep, self.patcher)
-            self._moved[key] = moved
-        return moved
+    def to(self, target) -> SD3Prompt:
+        """The prompt with its features on a device: one object per device, so the 38 block terms moved there
+        still share one resampler result per model call. A dtype leaves it as it is (the features are cast to the
+        adapter's dtype where they are used)."""
+        moved = _dit.move_args(target)
+        if moved is None or "dtype" in moved:
+            return self
+        key = str(moved["device"])
+        prompt = self._moved.get(key)
+        if prompt is None:
+            same = self.features.device == moved["device"]
+            prompt = self if same else SD3Prompt(self.adapter, self.features.to(**moved), self.timestep, self.patcher)
+            self._moved[key] = prompt
+        return prompt
 
     def tokens(self, call) -> tuple[torch.Tensor, torch.Tensor]:
         """The resampler's (tokens, temb) for this call's rows and sigmas: computed by the call's first block, then
@@ -262,9 +266,12 @@ class SD3Term(Term):
         super().__init__(weight, sigma_range)
         self.prompt, self.block, self.attn, self.mask = prompt, block, attn, mask
 
-    def to(self, device) -> SD3Term:
-        mask = None if self.mask is None else self.mask.to(device)
-        return SD3Term(self.prompt.to(device), self.block, self.attn, self.weight, self.sigma_range, mask)
+    def to(self, target) -> SD3Term:
+        moved = _dit.move_args(target)
+        if moved is None:
+            return self
+        mask = None if self.mask is None else self.mask.to(**moved)
+        return SD3Term(self.prompt.to(target), self.block, self.attn, self.weight, self.sigma_range, mask)
 
     def models(self) -> list:
         return [self.prompt.patcher] if self.prompt.patcher is not None else []
