@@ -44,7 +44,7 @@ STUBS = setup_env.STUBS
 
 # model folders registered for the tests, under one models directory laid out like ComfyUI's models/
 MODEL_FOLDERS = ("checkpoints", "clip_vision", "controlnet", "ipadapter", "loras", "insightface", "vae", "clip",
-                 "embeddings", "style_models", "upscale_models")
+                 "embeddings", "style_models", "upscale_models", "unet")
 
 # top-level modules that ComfyUI brings and that must come from its folder
 COMFY_TOP_LEVEL = ("nodes", "server", "execution", "folder_paths", "latent_preview", "comfy", "comfy_extras",

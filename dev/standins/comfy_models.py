@@ -21,6 +21,7 @@ Models (written under the paths of dev/standins/names.py, in a folder laid out l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -99,7 +100,10 @@ class ModelFile:
 
 # utilities
 
-_DTYPES = {"F16": ("float16", 2), "F32": ("float32", 4), "I64": ("int64", 8)}
+_DTYPES = {"F16": ("float16", 2), "F32": ("float32", 4), "I64": ("int64", 8), "BF16": ("bfloat16", 2),
+           "F8_E4M3": ("float8_e4m3fn", 1)}
+_DRAWN_IN_F32 = ("BF16", "F8_E4M3")  # drawn in float32 and rounded: numpy has neither, and fp8 has no normal_
+_F8_E4M3_MAX = 448.0  # the largest finite float8_e4m3fn; beyond it a cast gives NaN
 
 
 def _seed_for(seed: int, key: str) -> int:
@@ -111,6 +115,11 @@ def materialize(spec: TensorSpec, seed: int):
     import torch
 
     dtype = getattr(torch, _DTYPES[spec.dtype][0])
+    if spec.dtype in _DRAWN_IN_F32:
+        values = materialize(dataclasses.replace(spec, dtype="F32"), seed)
+        if spec.dtype == "F8_E4M3":
+            values = values.clamp_(-_F8_E4M3_MAX, _F8_E4M3_MAX)
+        return values.to(dtype)
     if spec.init == "zeros":
         return torch.zeros(spec.shape, dtype=dtype)
     if spec.init == "ones":
@@ -125,6 +134,15 @@ def materialize(spec: TensorSpec, seed: int):
         generator = torch.Generator().manual_seed(_seed_for(seed, spec.key))
         return torch.empty(spec.shape, dtype=dtype).normal_(0.0, std, generator=generator)
     raise ValueError(f"{spec.key}: unknown init {spec.init!r}")
+
+
+def _tensor_bytes(tensor) -> memoryview:
+    """The raw little-endian bytes of a CPU tensor (bfloat16 and float8 through a uint8 view: numpy has neither)."""
+    import torch
+
+    if tensor.dtype in (torch.float16, torch.float32, torch.int64):
+        return tensor.numpy().data
+    return tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data
 
 
 def write_safetensors(path: Path, specs: list[TensorSpec], seed: int, metadata: dict[str, str]) -> int:
@@ -146,7 +164,7 @@ def write_safetensors(path: Path, specs: list[TensorSpec], seed: int, metadata: 
             f.write(struct.pack("<Q", len(blob)))
             f.write(blob)
             for spec in specs:
-                f.write(materialize(spec, seed).numpy().data)
+                f.write(_tensor_bytes(materialize(spec, seed)))
         os.replace(partial, path)
     finally:
         if partial.exists():
