@@ -27,6 +27,18 @@ CKPT_SD15 = "v1-5-pruned-emaonly.safetensors"
 CKPT_SDXL = "sd_xl_base_1.0.safetensors"
 CONTROLNET_DEPTH = "control_v11f1p_sd15_depth.pth"
 PLUS = "plus (high strength)"
+# Flux and SD3.5 (the Comfy-Org / Black Forest Labs / Stability file names users have)
+FLUX_UNET = "flux1-dev.safetensors"
+FLUX_VAE = "ae.safetensors"
+SD35_UNET = "sd3.5_large.safetensors"
+SD3_VAE = "sd3.5_vae.safetensors"
+CLIP_L_TEXT = "clip_l.safetensors"
+CLIP_G_TEXT = "clip_g.safetensors"
+T5XXL = "t5xxl_fp8_e4m3fn.safetensors"
+CLIP_VISION_L = "clip_vision_l.safetensors"
+SIGLIP = "siglip-so400m-patch14-384.safetensors"
+INSTANTX_FLUX = "FLUX.1-dev-IP-Adapter.bin"
+DIT_FAMILIES = ("flux", "sd35")  # workflows for these need a current ComfyUI (the 2024 test host has no Flux/SD3)
 
 NEGATIVE = "blurry, lowres, low quality, jpeg artifacts, text, watermark"
 # The schedule widgets (ipadapter_core.engine.SCHEDULE_INPUTS) every example, test and benchmark applies unless it
@@ -49,6 +61,23 @@ STAND_INS: dict[str, dict[tuple[str, str], object]] = {
         ("CheckpointLoaderSimple", "ckpt_name"): names.SDXL_SMALL_CHECKPOINT,
         ("IPAKitModelLoader", "ipadapter_file"): lambda name: f"{names.SDXL_SMALL_SUBDIR}/{name}",
     },
+    # Flux / SD3.5 models at their real widths but one or two blocks (dev/standins/dit_models.py), adapters made for
+    # them in their own subfolder (dev/standins/dit_adapters: the Unified Loader finds them there by name)
+    "flux": {
+        ("UNETLoader", "unet_name"): names.DIT_FLUX_UNET,
+        ("DualCLIPLoader", "clip_name1"): names.DIT_CLIP_L_TEXT,
+        ("DualCLIPLoader", "clip_name2"): names.DIT_T5XXL,
+        ("VAELoader", "vae_name"): names.DIT_FLUX_VAE,
+        ("IPAKitModelLoader", "ipadapter_file"): lambda name: f"{names.DIT_SUBDIR}/{name}",
+    },
+    "sd35": {
+        ("UNETLoader", "unet_name"): names.DIT_SD35_UNET,
+        ("TripleCLIPLoader", "clip_name1"): names.DIT_CLIP_G_TEXT,
+        ("TripleCLIPLoader", "clip_name2"): names.DIT_CLIP_L_TEXT,
+        ("TripleCLIPLoader", "clip_name3"): names.DIT_T5XXL,
+        ("VAELoader", "vae_name"): names.DIT_SD3_VAE,
+        ("IPAKitModelLoader", "ipadapter_file"): lambda name: f"{names.DIT_SUBDIR}/{name}",
+    },
 }
 # Sampling at a size and step count that runs in seconds on a CPU (random weights give noise anyway).
 FAST = {
@@ -57,6 +86,8 @@ FAST = {
     ("EmptyLatentImage", "height"): 64,
     ("ImageScale", "width"): 64,
     ("ImageScale", "height"): 64,
+    ("EmptySD3LatentImage", "width"): 64,
+    ("EmptySD3LatentImage", "height"): 64,
 }
 
 
@@ -64,7 +95,7 @@ FAST = {
 class Workflow:
     name: str  # file name without .json
     title: str
-    family: str  # "sd15" | "sdxl": which checkpoint family it is for
+    family: str  # "sd15" | "sdxl" | "flux" | "sd35": which model family it is for
     build: Callable[[Graph], None]
     adapters: tuple[str, ...] = ()  # dev.standins.ipadapter variants its random stand-ins need
     adapter_format: str = "safetensors"
@@ -78,6 +109,11 @@ class Workflow:
 
     def meta(self) -> dict:
         return {"title": self.title, "family": self.family}
+
+    @property
+    def current_only(self) -> bool:
+        """Flux and SD3.5 workflows need a ComfyUI with those models (not the 2024 test host)."""
+        return self.family in DIT_FAMILIES
 
     def stand_ins(self) -> tuple[list[str], list[tuple[str, str | None, dict]]]:
         """The random-weight models it runs on (with `STAND_INS`): dev.standins.comfy_models names, and
@@ -547,6 +583,90 @@ def sdxl_instantstyle(g: Graph) -> None:
             steps=30, cfg=6.0)
 
 
+def _flux_models(g: Graph):
+    unet = g.add("UNETLoader", 0, unet_name=FLUX_UNET, weight_dtype="default")
+    clip = g.add("DualCLIPLoader", 0, clip_name1=CLIP_L_TEXT, clip_name2=T5XXL, type="flux")
+    vae = g.add("VAELoader", 0, vae_name=FLUX_VAE)
+    return unet, clip, vae
+
+
+def _flux_sample(g: Graph, model, clip, vae, text: str, *, prefix: str, col: int):
+    """Flux dev's usual sampling: guidance 3.5 in the conditioning, CFG 1 (the negative is not evaluated)."""
+    pos = g.add("CLIPTextEncode", col, title="Prompt", text=text, clip=clip[0])
+    guided = g.add("FluxGuidance", col, conditioning=pos[0], guidance=3.5)
+    neg = g.add("ConditioningZeroOut", col, conditioning=pos[0])
+    latent = g.add("EmptySD3LatentImage", col, width=1024, height=1024, batch_size=1)
+    sampler = g.add("KSampler", col + 1, model=model, positive=guided[0], negative=neg[0], latent_image=latent[0],
+                    seed=42, steps=20, cfg=1.0, sampler_name="euler", scheduler="simple", denoise=1.0)
+    decoded = g.add("VAEDecode", col + 2, samples=sampler[0], vae=vae[0])
+    g.add("SaveImage", col + 2, images=decoded[0], filename_prefix=f"IPAKit/{prefix}")
+
+
+def flux_xlabs(g: Graph) -> None:
+    g.note(0, f"""
+        Flux + XLabs IP-Adapter v2: the reference steers FLUX.1 dev.
+
+        - Unified Loader 'flux xlabs v2 (CLIP ViT-L)': models/ipadapter/flux-ip-adapter-v2.safetensors
+          (XLabs-AI/flux-ip-adapter-v2's ip_adapter.safetensors, renamed, or kept in a folder of that name)
+          and models/clip_vision/{CLIP_VISION_L}.
+        - The adapter enters Flux's 19 double blocks; weight 0.6-1.0, start/end and block_weights
+          ('0:1.0, 5:0.5', blocks 0-18) work as on SD; weight types other than linear do not apply.
+        - Flux dev samples with guidance 3.5 and CFG 1: the negative is not evaluated.
+        - Needs a ComfyUI with Flux (this example uses {FLUX_UNET}, {CLIP_L_TEXT} + {T5XXL}, {FLUX_VAE}).
+        """, title="How this works")
+    unet, clip, vae = _flux_models(g)
+    ref = g.add("LoadImage", 1, title="Reference image", image=REF_SUBJECT)
+    loader = g.add("IPAKitUnifiedLoader", 1, model=unet[0], preset="flux xlabs v2 (CLIP ViT-L)")
+    apply = _apply(g, 2, loader[0], loader[1], ref[0], weight=0.9)
+    _flux_sample(g, apply[0], clip, vae, "a cozy reading corner, warm light", prefix="flux_xlabs", col=3)
+
+
+def flux_instantx(g: Graph) -> None:
+    g.note(0, f"""
+        Flux + InstantX IP-Adapter, loaded explicitly: the style and subject of the reference on FLUX.1 dev.
+
+        - IPAdapter Model Loader: models/ipadapter/{INSTANTX_FLUX} (InstantX/FLUX.1-dev-IP-Adapter's
+          ip-adapter.bin, renamed). Load CLIP Vision: {SIGLIP}, the full
+          google/siglip-so400m-patch14-384 model.safetensors: the adapter reads SigLIP's pooled output, whose
+          attention-pooling head this pack reads from that file.
+        - It enters all 19 double and 38 single blocks; InstantX suggest weight 0.6-0.8 and ending early
+          (end_at 0.6-0.8) to keep the prompt's control of details.
+        - image_negative is optional: without it the negative gets zero image features (as diffusers).
+        """, title="How this works")
+    unet, clip, vae = _flux_models(g)
+    adapter = g.add("IPAKitModelLoader", 1, ipadapter_file=INSTANTX_FLUX, variant_override="auto")
+    clip_vision = g.add("CLIPVisionLoader", 1, clip_name=SIGLIP)
+    ref = g.add("LoadImage", 1, title="Style reference", image=REF_STYLE)
+    apply = _apply(g, 2, unet[0], adapter[0], ref[0], clip_vision=clip_vision[0], weight=0.7, end_at=0.8)
+    _flux_sample(g, apply[0], clip, vae, "a lighthouse on a cliff at sunset", prefix="flux_instantx", col=3)
+
+
+def sd35_instantx(g: Graph) -> None:
+    g.note(0, f"""
+        SD3.5 Large + InstantX IP-Adapter: the reference steers SD3.5 Large through its 38 joint blocks.
+
+        - Unified Loader 'sd3.5 large instantx (SigLIP)': models/ipadapter/SD3.5-Large-IP-Adapter.bin
+          (InstantX/SD3.5-Large-IP-Adapter's ip-adapter.bin, renamed, or in a folder of that name) and
+          models/clip_vision/{SIGLIP}.
+        - Its image tokens depend on the timestep: they are recomputed once per model call and shared by all
+          blocks. weight 0.5-0.8 is InstantX's range.
+        - Needs a ComfyUI with SD3.5 ({SD35_UNET}, {CLIP_G_TEXT} + {CLIP_L_TEXT} + {T5XXL}, {SD3_VAE}).
+        """, title="How this works")
+    unet = g.add("UNETLoader", 0, unet_name=SD35_UNET, weight_dtype="default")
+    clip = g.add("TripleCLIPLoader", 0, clip_name1=CLIP_G_TEXT, clip_name2=CLIP_L_TEXT, clip_name3=T5XXL)
+    vae = g.add("VAELoader", 0, vae_name=SD3_VAE)
+    ref = g.add("LoadImage", 1, title="Reference image", image=REF_SUBJECT)
+    loader = g.add("IPAKitUnifiedLoader", 1, model=unet[0], preset="sd3.5 large instantx (SigLIP)")
+    apply = _apply(g, 2, loader[0], loader[1], ref[0], weight=0.7)
+    pos = g.add("CLIPTextEncode", 3, title="Positive prompt", text="a cozy reading corner, warm light", clip=clip[0])
+    neg = g.add("CLIPTextEncode", 3, title="Negative prompt", text=NEGATIVE, clip=clip[0])
+    latent = g.add("EmptySD3LatentImage", 3, width=1024, height=1024, batch_size=1)
+    sampler = g.add("KSampler", 4, model=apply[0], positive=pos[0], negative=neg[0], latent_image=latent[0], seed=42,
+                    steps=28, cfg=4.5, sampler_name="euler", scheduler="sgm_uniform", denoise=1.0)
+    decoded = g.add("VAEDecode", 5, samples=sampler[0], vae=vae[0])
+    g.add("SaveImage", 5, images=decoded[0], filename_prefix="IPAKit/sd35_instantx")
+
+
 WORKFLOWS: tuple[Workflow, ...] = (
     Workflow("basic_image_prompt", "Basic image prompt", "sd15", basic_image_prompt, ("plus_sd15",)),
     Workflow("noise_negative", "Noise as the image negative", "sd15", noise_negative, ("plus_sd15",)),
@@ -573,6 +693,9 @@ WORKFLOWS: tuple[Workflow, ...] = (
              faces=True),
     Workflow("sdxl_instantstyle", "SDXL style transfer (InstantStyle block weights)", "sdxl", sdxl_instantstyle,
              ("plus_sdxl_vit-h",)),
+    Workflow("flux_xlabs", "Flux: XLabs IP-Adapter v2", "flux", flux_xlabs, ("xlabs-v2",)),
+    Workflow("flux_instantx", "Flux: InstantX IP-Adapter with SigLIP", "flux", flux_instantx, ("instantx-flux",)),
+    Workflow("sd35_instantx", "SD3.5 Large: InstantX IP-Adapter", "sd35", sd35_instantx, ("instantx-sd35",)),
 )
 BY_NAME = {wf.name: wf for wf in WORKFLOWS}
 MAIN = "basic_image_prompt"  # the workflow the README's first command runs

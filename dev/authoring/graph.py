@@ -74,13 +74,23 @@ class Slot:
     value: object = None  # the value an "extra" slot holds
 
 
+def kind_and_options(spec) -> tuple:
+    """An input spec's type and options; a combo's type is its list of choices, whether the catalogue gives the
+    list itself (V1 nodes) or `["COMBO", {"options": [...]}]` (current ComfyUI's V3 nodes)."""
+    kind = spec[0]
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if kind == "COMBO":
+        kind = list(opts.get("options", []))
+    return kind, opts
+
+
 def slots(info: dict) -> list[Slot]:
     """Every input of a node as the frontend lays it out (see the module docstring)."""
     out = []
     upload = False
     for group in ("required", "optional"):
         for name, spec in (info.get("input", {}).get(group) or {}).items():
-            kind, opts = spec[0], (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
+            kind, opts = kind_and_options(spec)
             widget = isinstance(kind, list) or (kind in WIDGET_TYPES and not opts.get("forceInput"))
             out.append(Slot(name, "widget" if widget else "socket", spec))
             if widget and kind == "INT" and (name in SEED_NAMES or opts.get("control_after_generate")):
@@ -98,7 +108,7 @@ def _node_info(info: dict, class_type: str, where: str) -> dict:
 
 
 def _default(slot: Slot):
-    kind, opts = slot.spec[0], (slot.spec[1] if len(slot.spec) > 1 else {})
+    kind, opts = kind_and_options(slot.spec)
     if "default" in opts:
         return opts["default"]
     if isinstance(kind, list) and kind:
@@ -300,7 +310,7 @@ def check_api(api: dict, info: dict) -> list[str]:
             if name not in declared:
                 problems.append(f"{where}: unknown input {name!r}")
                 continue
-            kind, opts = declared[name][0], (declared[name][1] if len(declared[name]) > 1 else {})
+            kind, opts = kind_and_options(declared[name])
             if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
                 source = api.get(value[0])
                 if source is None or source.get("class_type") not in info:
