@@ -300,3 +300,32 @@ def test_a_block_that_hides_its_attention_stops_with_a_clear_error(dit_host, xla
     patched = apply(dit_host, patcher, image, clip_vision)
     with pytest.raises(RuntimeError, match="did not call attention with its transformer_options.*update ComfyUI"):
         run_comfy(patched, inputs())
+
+
+def test_two_references_match_diffusers_with_two_images(dit_host, xlabs_file, clip_vision):
+    """Several references: their tokens side by side in one attention, as diffusers does with several images."""
+    images = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(9))
+    reference = diffusers_flux()
+    patcher = comfy_flux(reference)
+    x = inputs()
+    got = run_comfy(apply(dit_host, patcher, images, clip_vision), x)
+    embeds = clip_vision.encode_image(images)["image_embeds"].float()  # (2, EMBED)
+    ip = torch.stack([embeds, torch.zeros_like(embeds)])  # (rows, images, EMBED): positive row, negative row
+    with torch.no_grad():
+        expected = run_diffusers_images(reference_with(xlabs_file, [0.8, 0.8]), x, ip)
+    assert (got - expected).abs().max() <= TOL
+    single = run_comfy(apply(dit_host, patcher, images[:1], clip_vision), x)
+    assert (got - single).abs().max() > 1e-5  # the tiny random CLIP encodes different images alike: small, not 0
+
+
+def run_diffusers_images(model, x, ip_embeds):
+    """run_diffusers with (rows, images, width) image embeds."""
+    b, _, h, w = x["x"].shape
+    ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 1] = torch.arange(h // 2)[:, None]
+    ids[..., 2] = torch.arange(w // 2)[None, :]
+    out = model(hidden_states=rearrange(x["x"], "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=2, pw=2),
+                encoder_hidden_states=x["context"], pooled_projections=x["y"], timestep=x["t"],
+                img_ids=ids.reshape(-1, 3), txt_ids=torch.zeros(x["context"].shape[1], 3),
+                joint_attention_kwargs={"ip_adapter_image_embeds": [ip_embeds]}).sample
+    return rearrange(out, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=h // 2, ph=2, pw=2)
