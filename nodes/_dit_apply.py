@@ -15,7 +15,7 @@ import weakref
 
 import torch
 
-from ..ipadapter_core import ApplySettings, as_mask_batch
+from ..ipadapter_core import ApplySettings, ImageEmbeds, as_mask_batch
 from ..ipadapter_core.dit import instantx_flux, sd3, siglip_head, xlabs
 from ..ipadapter_core.dit.common import DitCheckpointError, DitFormat
 from ..ipadapter_core.dit.formats import DitAdapter
@@ -313,9 +313,49 @@ def _check_sd3_norms(adapter: DitAdapter, dm) -> None:
 # apply
 
 
+ENCODE = {DitFormat.XLABS_FLUX: xlabs_features, DitFormat.INSTANTX_FLUX: instantx_features,
+          DitFormat.INSTANTX_SD35: sd3_features}
+FEATURES = {  # what embeds made for each format hold (ImageEmbeds.clip_encoder), so Apply Embeds can check them
+    DitFormat.XLABS_FLUX: "CLIP ViT-L/14 image_embeds",
+    DitFormat.INSTANTX_FLUX: "SigLIP so400m pooled",
+    DitFormat.INSTANTX_SD35: "SigLIP so400m penultimate",
+}
+EMBEDS_KEY = "dit"
+
+
 def apply(model, adapter: DitAdapter, images: torch.Tensor, settings: ApplySettings, *, clip_vision=None,
           image_negative: torch.Tensor | None = None):
-    """A clone of `model` with the adapter's image prompt on its blocks; `model` itself at weight 0."""
+    """A clone of `model` with the adapter's image prompt on its blocks; `model` itself at weight 0. The model and
+    the options are checked before anything is encoded."""
+    _check(model, adapter, settings)
+    if settings.weight == 0:
+        return model
+    pos, neg = _features(adapter, ENCODE[adapter.format], clip_vision, images, image_negative)
+    return _install(model, adapter, pos, neg, settings)
+
+
+def encode_embeds(adapter: DitAdapter, images: torch.Tensor, *, clip_vision=None,
+                  image_negative: torch.Tensor | None = None) -> ImageEmbeds:
+    """The encoder features a DiT adapter reads, as embeds (positive and negative) for Apply Embeds, Combine, Save."""
+    pos, neg = _features(adapter, ENCODE[adapter.format], clip_vision, images, image_negative)
+    return ImageEmbeds(cond={EMBEDS_KEY: pos}, uncond={EMBEDS_KEY: neg}, clip_encoder=FEATURES[adapter.format])
+
+
+def apply_embeds(model, adapter: DitAdapter, embeds: ImageEmbeds, settings: ApplySettings):
+    """`apply` from embeds made by `encode_embeds` for an adapter of the same format (checked)."""
+    _check(model, adapter, settings)
+    pos = embeds.cond.get(EMBEDS_KEY)
+    if pos is None or embeds.clip_encoder != FEATURES[adapter.format]:
+        raise ValueError(f"{adapter.name} reads {FEATURES[adapter.format]} features; these embeds hold "
+                         f"{embeds.clip_encoder or embeds.describe()}. Encode the references with this adapter")
+    if settings.weight == 0:
+        return model
+    neg = embeds.uncond.get(EMBEDS_KEY)
+    return _install(model, adapter, pos, torch.zeros_like(pos) if neg is None else neg, settings)
+
+
+def _check(model, adapter: DitAdapter, settings: ApplySettings) -> None:
+    """The options, the model family, and the model's blocks against the adapter's."""
     check_settings(adapter, settings)
     host, wanted = host_of(model), HOSTS[adapter.format]
     if host != wanted:
@@ -324,37 +364,36 @@ def apply(model, adapter: DitAdapter, images: torch.Tensor, settings: ApplySetti
             f"{HOST_NAMES.get(host, 'an SD1.5/SDXL-type UNet or another architecture')}. Load a {HOST_NAMES[wanted]} "
             "model, or an adapter made for this one"
         )
-    if settings.weight == 0:
-        return model
+    dm, m = model.model.diffusion_model, adapter.model
+    if adapter.format is DitFormat.XLABS_FLUX:
+        _check_blocks(adapter, m.blocks, m.inner, len(dm.double_blocks), dm.hidden_size, "double blocks")
+    elif adapter.format is DitFormat.INSTANTX_FLUX:
+        _check_blocks(adapter, m.n_blocks, m.layer(0).to_k_ip.out_features,
+                      len(dm.double_blocks) + len(dm.single_blocks), dm.hidden_size, "double + single blocks")
+    else:
+        width = dm.joint_blocks[0].x_block.attn.qkv.weight.shape[0] // 3
+        _check_blocks(adapter, m.blocks, m.config.hidden, len(dm.joint_blocks), width, "joint blocks")
+        _check_sd3_norms(adapter, dm)
+
+
+def _install(model, adapter: DitAdapter, pos: torch.Tensor, neg: torch.Tensor, settings: ApplySettings):
     dm = model.model.diffusion_model
     device, dtype = _unet.compute_device_dtype(model)
     weight, sigma_range = float(settings.weight), _sigma_range(model, settings)
     mask = None if settings.attn_mask is None else as_mask_batch(settings.attn_mask)[0].to(device)
     _adapters.ready_adapter(adapter, device, dtype)
-    m = adapter.model
-    if host == FLUX:
-        doubles, singles = len(dm.double_blocks), len(dm.single_blocks)
-        n_heads = dm.num_heads
-        txt_first = not getattr(dm.double_blocks[0], "flipped_img_txt", False)
-    if adapter.format is DitFormat.XLABS_FLUX:
-        _check_blocks(adapter, m.blocks, m.inner, doubles, dm.hidden_size, "double blocks")
-        encode, make, extra = xlabs_features, xlabs_terms, ()
-    elif adapter.format is DitFormat.INSTANTX_FLUX:
-        _check_blocks(adapter, m.n_blocks, m.layer(0).to_k_ip.out_features, doubles + singles, dm.hidden_size,
-                      "double + single blocks")
-        encode, make, extra = instantx_features, instantx_terms, (doubles,)
-    else:
-        blocks = len(dm.joint_blocks)
-        width = dm.joint_blocks[0].x_block.attn.qkv.weight.shape[0] // 3
-        _check_blocks(adapter, m.blocks, m.config.hidden, blocks, width, "joint blocks")
-        _check_sd3_norms(adapter, dm)
-        pos, neg = _features(adapter, sd3_features, clip_vision, images, image_negative)
+    if adapter.format is DitFormat.INSTANTX_SD35:
         return _apply_sd3(model, adapter, pos, neg, settings, weight, sigma_range, mask)
-    pos, neg = _features(adapter, encode, clip_vision, images, image_negative)
+    m = adapter.model
+    if adapter.format is DitFormat.XLABS_FLUX:
+        make, extra = xlabs_terms, ()
+    else:
+        make, extra = instantx_terms, (len(dm.double_blocks),)
     scales = block_weights(settings.block_weights, m.n_blocks if hasattr(m, "n_blocks") else m.blocks)
     with torch.no_grad():
-        terms = make(adapter, pos.to(device, dtype), neg.to(device, dtype), scales, weight, sigma_range, mask, n_heads,
-                     *extra)
+        terms = make(adapter, pos.to(device, dtype), neg.to(device, dtype), scales, weight, sigma_range, mask,
+                     dm.num_heads, *extra)
+    txt_first = not getattr(dm.double_blocks[0], "flipped_img_txt", False)
     return _dit.install(model, FLUX, terms, txt_first=txt_first, patch_size=dm.patch_size)
 
 

@@ -163,7 +163,10 @@ def apply(model, bundle: AdapterBundle, embeds: ImageEmbeds, settings: ApplySett
 
     FaceID adapters that ship a LoRA get it at `lora_strength` unless the model already carries it.
     `kolors_scale` scales Kolors' `encoder_hid_proj` output for this adapter's tokens (Kolors FaceID's weight_kolors).
+    Flux/SD3.5 adapters take embeds made for them by Encode.
     """
+    if _dit_apply.is_dit(bundle.adapter):
+        return _dit_apply.apply_embeds(model, bundle.adapter, embeds, settings)
     return apply_all(model, [Prompt(bundle, embeds, settings, clip_vision=clip_vision, kolors_scale=kolors_scale)],
                      lora_strength=lora_strength)
 

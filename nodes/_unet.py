@@ -36,7 +36,8 @@ def topology(model) -> Topology:
         kind = "a Flux" if hasattr(unet, "double_blocks") else "an SD3" if hasattr(unet, "joint_blocks") else "a"
         raise ValueError(
             f"this is {kind} diffusion transformer ({type(unet).__name__}), not an SD1.5/SDXL UNet: SD1.5/SDXL adapters "
-            "cannot patch it. For Flux and SD3.5 Large use their adapters (XLabs or InstantX) with Apply IPAdapter"
+            "and this pack's UNet-only nodes cannot patch it. Flux and SD3.5 Large take their own adapters (XLabs, "
+            "InstantX) through Apply IPAdapter or Apply Embeds"
         )
     transformers = []
     groups = [("input", list(unet.input_blocks)), ("middle", [unet.middle_block]), ("output", list(unet.output_blocks))]

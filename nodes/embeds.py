@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..ipadapter_core import COMBINE_METHODS, combine, concat, embeds_io, safe_load, scaled
 from ..ipadapter_core.embeds_io import FORMAT
-from . import _docs, _folders, _pipeline
+from . import _dit_apply, _docs, _folders, _pipeline
 from ._base import CheckedNode
 
 EMBEDS_SUFFIXES = (".safetensors", ".ipadpt")
@@ -17,7 +17,8 @@ class Encode(CheckedNode):
     DESCRIPTION = (
         "Encodes reference images for an adapter into embeds: the encoder features of each image plus the negative the "
         "reference implementation uses (or your image_negative). Embeds can be combined, saved, loaded and applied with "
-        "Apply Embeds, so an expensive encode runs once."
+        "Apply Embeds, so an expensive encode runs once. Flux and SD3.5 adapters' embeds hold the CLIP ViT-L or SigLIP "
+        "features they read (mask does not apply to them)."
     )
     CATEGORY = f"{_docs.CATEGORY}/embeds"
     RETURN_TYPES = (_docs.EMBEDS,)
@@ -51,6 +52,13 @@ class Encode(CheckedNode):
         }
 
     def encode(self, ipadapter, image, clip_vision=None, mask=None, image_negative=None, insightface=None, weight=1.0):
+        if _dit_apply.is_dit(ipadapter.adapter):
+            if mask is not None:
+                raise ValueError(f"{ipadapter.name} is a {ipadapter.adapter.format.value} adapter: Encode takes no mask "
+                                 "for it (give attn_mask to Apply IPAdapter instead)")
+            embeds = _dit_apply.encode_embeds(ipadapter.adapter, image, image_negative=image_negative,
+                                              clip_vision=clip_vision if clip_vision is not None else ipadapter.clip_vision)
+            return (scaled(embeds, weight),)
         if ipadapter.spec.kind.uses_face:
             embeds = _pipeline.encode_faces(ipadapter, image, insightface, clip_vision=clip_vision, image_negative=image_negative)[0]
         else:

@@ -284,8 +284,12 @@ def test_sd_nodes_and_dit_models_refuse_each_other_clearly(dit_host, xlabs_file,
         dit_host.run("IPAKitApply", model=flux, ipadapter=bundle, image=image, clip_vision=clip_vision, weight=0.8,
                      start_at=0.0, end_at=1.0, weight_type="linear", combine_embeds="concat", embeds_scaling="V only")
     dit = dit_host.run("IPAKitModelLoader", ipadapter_file=f"{SUBDIR}/xlabs-tiny.safetensors")[0]
-    with pytest.raises(Exception, match="use it with Apply IPAdapter"):
-        dit_host.run("IPAKitEncode", ipadapter=dit, image=image, clip_vision=clip_vision)
+    with pytest.raises(Exception, match="Encode takes no mask for it"):
+        dit_host.run("IPAKitEncode", ipadapter=dit, image=image, clip_vision=clip_vision, mask=torch.ones(1, 64, 64))
+    with pytest.raises(Exception, match="UNet-only nodes cannot patch it"):
+        dit_host.run("IPAKitApplyTiled", model=flux, ipadapter=dit, image=image, clip_vision=clip_vision, weight=0.8,
+                     weight_type="linear", combine_embeds="concat", start_at=0.0, end_at=1.0, sharpening=0.0,
+                     embeds_scaling="V only")
 
 
 def test_a_block_that_hides_its_attention_stops_with_a_clear_error(dit_host, xlabs_file, clip_vision, image):

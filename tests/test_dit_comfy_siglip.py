@@ -320,3 +320,28 @@ def test_the_patches_add_no_host_syncs(dit_host, siglip, sd3_file, instantx_file
         with SyncRecorder() as ours:
             run(patched, x)
         assert sorted(ours.calls) == sorted(base.calls), sorted(set(ours.calls) - set(base.calls))
+
+
+def test_embeds_encode_save_load_apply(dit_host, siglip, sd3_file, instantx_file, image, tmp_path):
+    """Encode -> save -> load -> Apply Embeds gives what Apply gives from the image; neg_embeds replaces the
+    negative; embeds of another format are refused."""
+    from ipadapter_core.embeds_io import load_embeds, save_embeds
+
+    sd3 = comfy_sd3(diffusers_sd3())
+    x = sd3_inputs()
+    adapter = bundle(dit_host, sd3_file.name)
+    direct = run_comfy_sd3(apply(dit_host, sd3, sd3_file.name, image, siglip), x)
+    embeds = dit_host.run("IPAKitEncode", ipadapter=adapter, image=image, clip_vision=siglip)[0]
+    loaded = load_embeds(save_embeds(embeds, tmp_path / "sd35.safetensors"))
+    settings = {"weight": 0.8, "start_at": 0.0, "end_at": 1.0, "weight_type": "linear", "combine_embeds": "concat",
+                "embeds_scaling": "V only"}
+    via_embeds = dit_host.run("IPAKitApplyEmbeds", model=sd3, ipadapter=adapter, embeds=loaded, **settings)[0]
+    assert torch.equal(run_comfy_sd3(via_embeds, x), direct)
+    other = dit_host.run("IPAKitEncode", ipadapter=adapter, image=torch.flip(image, dims=[2]), clip_vision=siglip)[0]
+    swapped = dit_host.run("IPAKitApplyEmbeds", model=sd3, ipadapter=adapter, embeds=loaded, neg_embeds=other,
+                           **settings)[0]
+    assert (run_comfy_sd3(swapped, x) - direct).abs().max() > 1e-4
+    flux_embeds = dit_host.run("IPAKitEncode", ipadapter=bundle(dit_host, instantx_file[0].name), image=image,
+                               clip_vision=siglip)[0]
+    with pytest.raises(Exception, match="reads SigLIP so400m penultimate features; these embeds hold SigLIP so400m pooled"):
+        dit_host.run("IPAKitApplyEmbeds", model=sd3, ipadapter=adapter, embeds=flux_embeds, **settings)
