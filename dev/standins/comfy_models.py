@@ -357,12 +357,16 @@ MODELS: dict[str, ModelFile] = {m.name: m for m in (
 # entry points
 
 
+def model_path(models: dict[str, ModelFile], name: str, models_dir: str | os.PathLike) -> tuple[ModelFile, Path]:
+    """The model `name` of a generator's table and where it is written; a clear error for an unknown name."""
+    if name not in models:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(models)}")
+    return models[name], Path(models_dir) / models[name].relpath
+
+
 def ensure_model(name: str, models_dir: str | os.PathLike, *, force: bool = False, report=None) -> Path:
     """Write model `name` under `models_dir` unless it is already there; returns its path."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
-    model = MODELS[name]
-    path = Path(models_dir) / model.relpath
+    model, path = model_path(MODELS, name, models_dir)
     if path.exists() and not force:
         return path
     comfy_host.prepare_imports()
@@ -387,13 +391,20 @@ def ensure_models_in_child(models_dir: str | os.PathLike, only: Iterable[str] | 
     wanted = list(only) if only else list(MODELS)
     missing = [n for n in wanted if not (Path(models_dir) / MODELS[n].relpath).exists()]
     if missing:
-        started = time.monotonic()
-        cmd = [sys.executable, "-m", "dev.standins.comfy_models", "--out", str(models_dir), "--only", *missing]
-        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"generating {missing} failed:\n{proc.stdout[-4000:]}")
-        log.info("generated %s in %.1f s:\n%s", missing, time.monotonic() - started, proc.stdout)
+        generate_in_child("dev.standins.comfy_models", models_dir, missing)
     return {n: Path(models_dir) / MODELS[n].relpath for n in wanted}
+
+
+def generate_in_child(module: str, models_dir: str | os.PathLike, names_: list[str],
+                      python: str | os.PathLike | None = None) -> None:
+    """Run a generator module's command line (`python -m MODULE --out DIR --only NAMES`) in a child Python (`python`,
+    by default this one). Raises with the child's output on failure."""
+    started = time.monotonic()
+    cmd = [str(python or sys.executable), "-m", module, "--out", str(models_dir), "--only", *names_]
+    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"generating {names_} failed:\n{proc.stdout[-4000:]}")
+    log.info("generated %s in %.1f s:\n%s", names_, time.monotonic() - started, proc.stdout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,13 +413,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=list(MODELS), help="models to write (default: all)")
     parser.add_argument("--force", action="store_true", help="rewrite files that already exist")
     args = parser.parse_args(argv)
-    for name in args.only or MODELS:
-        path = Path(args.out) / MODELS[name].relpath
-        if path.exists() and not args.force:
-            print(f"{MODELS[name].relpath}: exists, kept")
-        else:
-            ensure_model(name, args.out, force=args.force, report=print)
+    write_missing(MODELS, args.only or list(MODELS), args.out, ensure_model, force=args.force)
     return 0
+
+
+def write_missing(models: dict[str, ModelFile], wanted: list[str], out: str | os.PathLike, ensure, *,
+                  force: bool = False) -> None:
+    """The command lines' loop: `ensure(name, out, force=, report=print)` for each wanted model not yet written."""
+    for name in wanted:
+        if (Path(out) / models[name].relpath).exists() and not force:
+            print(f"{models[name].relpath}: exists, kept")
+        else:
+            ensure(name, out, force=force, report=print)
 
 
 if __name__ == "__main__":

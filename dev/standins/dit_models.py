@@ -41,7 +41,6 @@ import argparse
 import importlib.util
 import logging
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterable
@@ -325,10 +324,7 @@ if set(MODELS) != set(RELPATHS) or not {n for f in FAMILIES.values() for n in f}
 def ensure_model(name: str, models_dir: str | os.PathLike, *, force: bool = False, report=None) -> Path:
     """Write model `name` under `models_dir` unless it is already there; returns its path. An alias (sd3-vae) is a
     hard link to its model's file (written first if missing), or a copy of the same bytes where links fail."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
-    model = MODELS[name]
-    path = Path(models_dir) / model.relpath
+    model, path = comfy_models.model_path(MODELS, name, models_dir)
     if path.exists() and not force:
         return path
     if name in ALIASES:
@@ -370,13 +366,7 @@ def ensure_models_in_child(models_dir: str | os.PathLike, only: Iterable[str] | 
         raise ValueError(f"unknown models {unknown}; known: {', '.join(MODELS)}")
     missing = [n for n in wanted if not (Path(models_dir) / MODELS[n].relpath).exists()]
     if missing:
-        started = time.monotonic()
-        cmd = [str(python or sys.executable), "-m", "dev.standins.dit_models", "--out", str(models_dir),
-               "--only", *missing]
-        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"generating {missing} failed:\n{proc.stdout[-4000:]}")
-        log.info("generated %s in %.1f s:\n%s", missing, time.monotonic() - started, proc.stdout)
+        comfy_models.generate_in_child("dev.standins.dit_models", models_dir, missing, python)
     return {n: Path(models_dir) / MODELS[n].relpath for n in wanted}
 
 
@@ -388,12 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rewrite files that already exist")
     args = parser.parse_args(argv)
     wanted = args.only or (FAMILIES[args.family] if args.family else list(MODELS))
-    for name in wanted:
-        path = Path(args.out) / MODELS[name].relpath
-        if path.exists() and not args.force:
-            print(f"{MODELS[name].relpath}: exists, kept")
-        else:
-            ensure_model(name, args.out, force=args.force, report=print)
+    comfy_models.write_missing(MODELS, wanted, args.out, ensure_model, force=args.force)
     return 0
 
 
