@@ -186,7 +186,7 @@ def image_terms(
         weights,
         embeds_scaling=settings.embeds_scaling,
         masks=None if masks is None else masks.to(device),
-        sigma_range=_sigma_range(settings, percent_to_sigma),
+        sigma_range=sigma_range(settings, percent_to_sigma),
         pre=pre,
     )
 
@@ -241,7 +241,7 @@ def _frame_terms(adapter: LoadedAdapter, topology: Topology, embeds: ImageEmbeds
         embeds_scaling=settings.embeds_scaling,
         masks=None if masks is None else masks.to(device),
         frame_masks=settings.unfold_batch and masks is not None,
-        sigma_range=_sigma_range(settings, percent_to_sigma),
+        sigma_range=sigma_range(settings, percent_to_sigma),
         pre=pre,
     )
 
@@ -268,7 +268,7 @@ def _masks(attn_mask: torch.Tensor | None, references: int) -> torch.Tensor | No
     return masks
 
 
-def _sigma_range(settings: ApplySettings, percent_to_sigma: Callable[[float], float] | None) -> tuple[float, float] | None:
+def sigma_range(settings: ApplySettings, percent_to_sigma: Callable[[float], float] | None) -> tuple[float, float] | None:
     """(sigma_start, sigma_end) for start_at/end_at; None when the image prompt acts over all of sampling."""
     if settings.start_at <= 0.0 and settings.end_at >= 1.0:
         return None

@@ -147,15 +147,22 @@ def parse_block_weights(text: str, topology: Topology) -> tuple[float, ...] | No
     n = topology.num_transformers
     if text.startswith("{"):
         return _parse_block_dict(_literal(text), topology)
+    return parse_index_weights(text, n)
+
+
+def parse_index_weights(text: str, n: int, *, unit: str = "layer", owner: str = "model",
+                        example: str = "'3:1.0, 6:0.5' or a dict") -> tuple[float, ...]:
+    """`index:weight` pairs (commas, semicolons or new lines) as n scales, unlisted indices 0; `unit`, `owner` and
+    `example` word the errors (UNet layers here, DiT adapter blocks in the nodes)."""
     scales = [0.0] * n
     for item in filter(None, (part.strip() for part in re.split(r"[,\n;]", text))):
         m = re.fullmatch(r"(\d+)\s*[:=]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)", item)
         if not m:
-            raise ValueError(f"block_weights: cannot read '{_clip_text(item)}'; write layer:weight pairs like '3:1.0, 6:0.5' or a dict")
+            raise ValueError(f"block_weights: cannot read '{_clip_text(item)}'; write {unit}:weight pairs like {example}")
         index = int(m.group(1))
         if index >= n:
-            raise ValueError(f"block_weights: layer {index} does not exist; this model has layers 0..{n - 1}")
-        scales[index] = _finite(float(m.group(2)), f"layer {index}")
+            raise ValueError(f"block_weights: {unit} {index} does not exist; this {owner} has {unit}s 0..{n - 1}")
+        scales[index] = _finite(float(m.group(2)), f"{unit} {index}")
     return tuple(scales)
 
 

@@ -9,13 +9,12 @@ ComfyUI loads it with the model) and compute its tokens once per model call, sha
 
 from __future__ import annotations
 
-import re
 import threading
 import weakref
 
 import torch
 
-from ..ipadapter_core import ApplySettings, ImageEmbeds, as_mask_batch
+from ..ipadapter_core import ApplySettings, ImageEmbeds, as_mask_batch, parse_index_weights, sigma_range
 from ..ipadapter_core.dit import instantx_flux, sd3, siglip_head, xlabs
 from ..ipadapter_core.dit.common import DitCheckpointError, DitFormat
 from ..ipadapter_core.dit.formats import DitAdapter
@@ -77,25 +76,7 @@ def block_weights(text: str, blocks: int) -> tuple[float, ...]:
     if text.startswith("{"):
         raise ValueError("block_weights: the dict form names UNet blocks; for Flux/SD3.5 adapters write block:weight "
                          f"pairs like '0:1.0, 5:0.5' (blocks 0..{blocks - 1})")
-    scales = [0.0] * blocks
-    for item in filter(None, (part.strip() for part in re.split(r"[,\n;]", text))):
-        m = re.fullmatch(r"(\d+)\s*[:=]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)", item)
-        if not m:
-            raise ValueError(f"block_weights: cannot read '{item[:40]}'; write block:weight pairs like '0:1.0, 5:0.5'")
-        index, value = int(m.group(1)), float(m.group(2))
-        if index >= blocks:
-            raise ValueError(f"block_weights: block {index} does not exist; this adapter has blocks 0..{blocks - 1}")
-        if not torch.isfinite(torch.tensor(value)):
-            raise ValueError(f"block_weights: block {index} has no finite weight")
-        scales[index] = value
-    return tuple(scales)
-
-
-def _sigma_range(model, settings: ApplySettings) -> tuple[float, float] | None:
-    if settings.start_at <= 0.0 and settings.end_at >= 1.0:
-        return None
-    to_sigma = _unet.percent_to_sigma(model)
-    return float(to_sigma(settings.start_at)), float(to_sigma(settings.end_at))
+    return parse_index_weights(text, blocks, unit="block", owner="adapter", example="'0:1.0, 5:0.5'")
 
 
 # encoders
@@ -379,11 +360,11 @@ def _check(model, adapter: DitAdapter, settings: ApplySettings) -> None:
 def _install(model, adapter: DitAdapter, pos: torch.Tensor, neg: torch.Tensor, settings: ApplySettings):
     dm = model.model.diffusion_model
     device, dtype = _unet.compute_device_dtype(model)
-    weight, sigma_range = float(settings.weight), _sigma_range(model, settings)
+    weight, gate = float(settings.weight), sigma_range(settings, _unet.percent_to_sigma(model))
     mask = None if settings.attn_mask is None else as_mask_batch(settings.attn_mask)[0].to(device)
     _adapters.ready_adapter(adapter, device, dtype)
     if adapter.format is DitFormat.INSTANTX_SD35:
-        return _apply_sd3(model, adapter, pos, neg, settings, weight, sigma_range, mask)
+        return _apply_sd3(model, adapter, pos, neg, settings, weight, gate, mask)
     m = adapter.model
     if adapter.format is DitFormat.XLABS_FLUX:
         make, extra = xlabs_terms, ()
@@ -391,7 +372,7 @@ def _install(model, adapter: DitAdapter, pos: torch.Tensor, neg: torch.Tensor, s
         make, extra = instantx_terms, (len(dm.double_blocks),)
     scales = block_weights(settings.block_weights, m.n_blocks if hasattr(m, "n_blocks") else m.blocks)
     with torch.no_grad():
-        terms = make(adapter, pos.to(device, dtype), neg.to(device, dtype), scales, weight, sigma_range, mask,
+        terms = make(adapter, pos.to(device, dtype), neg.to(device, dtype), scales, weight, gate, mask,
                      dm.num_heads, *extra)
     txt_first = not getattr(dm.double_blocks[0], "flipped_img_txt", False)
     return _dit.install(model, FLUX, terms, txt_first=txt_first, patch_size=dm.patch_size)
