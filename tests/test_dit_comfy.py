@@ -16,6 +16,7 @@ import json
 import pytest
 import torch
 from einops import rearrange
+from test_dit_xlabs import _Host
 
 from dev.standins.dit_xlabs import write_xlabs
 
@@ -107,11 +108,15 @@ def run_comfy(patcher, x, cond_or_uncond=(0, 1)):
 
 
 def run_diffusers(model, x, ip_embeds=None):
+    """The diffusers transformer on the same inputs; ip_embeds (rows, width) for one reference per row, or (rows,
+    images, width) for several."""
     b, _, h, w = x["x"].shape
     ids = torch.zeros(h // 2, w // 2, 3)
     ids[..., 1] = torch.arange(h // 2)[:, None]
     ids[..., 2] = torch.arange(w // 2)[None, :]
-    kwargs = {} if ip_embeds is None else {"joint_attention_kwargs": {"ip_adapter_image_embeds": [ip_embeds[:, None]]}}
+    if ip_embeds is not None and ip_embeds.ndim == 2:
+        ip_embeds = ip_embeds[:, None]
+    kwargs = {} if ip_embeds is None else {"joint_attention_kwargs": {"ip_adapter_image_embeds": [ip_embeds]}}
     with torch.no_grad():
         out = model(
             hidden_states=rearrange(x["x"], "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=2, pw=2),
@@ -121,19 +126,10 @@ def run_diffusers(model, x, ip_embeds=None):
     return rearrange(out, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=h // 2, ph=2, pw=2)
 
 
-class _Host:
-    """The smallest object diffusers' Flux IP-Adapter loader accepts (only `transformer`)."""
-
-    def __init__(self, transformer):
-        from diffusers.loaders.ip_adapter import FluxIPAdapterMixin
-
-        self.transformer = transformer
-        self.load = lambda *a, **k: FluxIPAdapterMixin.load_ip_adapter(self, *a, **k)
-
-
 def reference_with(xlabs_file, scales):
     ref = diffusers_flux()
-    _Host(ref).load(str(xlabs_file.parent), weight_name=xlabs_file.name, image_encoder_pretrained_model_name_or_path=None)
+    _Host(ref).load_ip_adapter(str(xlabs_file.parent), weight_name=xlabs_file.name,
+                               image_encoder_pretrained_model_name_or_path=None)
     procs = [p for name, p in ref.attn_processors.items() if name.startswith("transformer_blocks.")]
     for proc, scale in zip(procs, scales):
         proc.scale = [scale]
@@ -315,21 +311,8 @@ def test_two_references_match_diffusers_with_two_images(dit_host, xlabs_file, cl
     got = run_comfy(apply(dit_host, patcher, images, clip_vision), x)
     embeds = clip_vision.encode_image(images)["image_embeds"].float()  # (2, EMBED)
     ip = torch.stack([embeds, torch.zeros_like(embeds)])  # (rows, images, EMBED): positive row, negative row
-    with torch.no_grad():
-        expected = run_diffusers_images(reference_with(xlabs_file, [0.8, 0.8]), x, ip)
+    expected = run_diffusers(reference_with(xlabs_file, [0.8, 0.8]), x, ip)
     assert (got - expected).abs().max() <= TOL
     single = run_comfy(apply(dit_host, patcher, images[:1], clip_vision), x)
     assert (got - single).abs().max() > 1e-5  # the tiny random CLIP encodes different images alike: small, not 0
 
-
-def run_diffusers_images(model, x, ip_embeds):
-    """run_diffusers with (rows, images, width) image embeds."""
-    b, _, h, w = x["x"].shape
-    ids = torch.zeros(h // 2, w // 2, 3)
-    ids[..., 1] = torch.arange(h // 2)[:, None]
-    ids[..., 2] = torch.arange(w // 2)[None, :]
-    out = model(hidden_states=rearrange(x["x"], "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=2, pw=2),
-                encoder_hidden_states=x["context"], pooled_projections=x["y"], timestep=x["t"],
-                img_ids=ids.reshape(-1, 3), txt_ids=torch.zeros(x["context"].shape[1], 3),
-                joint_attention_kwargs={"ip_adapter_image_embeds": [ip_embeds]}).sample
-    return rearrange(out, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=h // 2, ph=2, pw=2)
